@@ -1,0 +1,1 @@
+"""Actions: rules that turn profile changes and timers into next-best-actions."""

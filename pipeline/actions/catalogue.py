@@ -1,0 +1,62 @@
+"""The product catalogue: which durable product needs which consumable, and when.
+
+Loaded from YAML and validated whole at start-up, so a bad catalogue stops the
+worker with a message naming the product and field instead of half-loading.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.actions.durations import parse_duration
+
+
+class ConsumableOffer(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sku: str = Field(min_length=1)
+    name: str
+    delay: str = Field(description="how long after the durable purchase to offer it, e.g. '60d'")
+    message: dict[str, str] = Field(default_factory=dict, description="offer text per locale, {name} filled in")
+
+    @field_validator("delay")
+    @classmethod
+    def _valid_delay(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def delay_s(self) -> float:
+        return parse_duration(self.delay)
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    category: str
+    price: float = Field(ge=0)
+    consumable: ConsumableOffer | None = None
+
+
+class Catalogue(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    note: str | None = Field(None, description="shown on screen, e.g. that a demo compresses time")
+    default_locale: str = "en"
+    products: dict[str, Product]
+
+    @classmethod
+    def load(cls, path: Path) -> "Catalogue":
+        with open(path, encoding="utf-8") as fh:
+            return cls.model_validate(yaml.safe_load(fh))
+
+    def consumable_for(self, sku: str) -> ConsumableOffer | None:
+        product = self.products.get(sku)
+        return product.consumable if product else None
+
+    def consumable_skus(self) -> frozenset[str]:
+        return frozenset(p.consumable.sku for p in self.products.values() if p.consumable)

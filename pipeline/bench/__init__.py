@@ -1,0 +1,1 @@
+"""Bench: throughput figures measured against a real broker."""

@@ -1,0 +1,202 @@
+"""``omni``: one command line for the pipeline.
+
+    omni run                     broker + topics + worker + simulator + live view (what `make run` does)
+    omni broker                  the embedded Kafka-compatible broker, in the foreground
+    omni topics apply            create the topics in topics.yaml; exit 1 on drift
+    omni worker                  the stream worker
+    omni simulate                synthetic customers producing to the channel topics
+    omni watch                   the live view of next-best-actions
+    omni bench                   throughput: raw aiokafka passthrough against this pipeline
+    omni schemas [--check]       write (or check) schemas/ from the pydantic models
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pipeline.settings import PACKAGE_DATA, PROJECT_ROOT, Settings
+
+CATALOGUES = {"default": PACKAGE_DATA / "catalogue.yaml", "demo": PACKAGE_DATA / "catalogue.demo.yaml"}
+
+
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
+    settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    return settings
+
+
+def _need_bootstrap(settings: Settings) -> Settings:
+    if not settings.bootstrap:
+        sys.exit("set KAFKA_BOOTSTRAP=host:port (or use `omni run`, which starts the embedded broker)")
+    return settings
+
+
+def _catalogue_path(name: str | None) -> Path | None:
+    if name is None:
+        return None
+    return CATALOGUES.get(name, Path(name))
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def cmd_broker(args: argparse.Namespace) -> None:
+    from pipeline.ops.broker import EmbeddedBroker
+
+    with EmbeddedBroker(Settings.from_env(), port=args.port) as broker:
+        print(f"broker listening: KAFKA_BOOTSTRAP={broker.bootstrap} (in memory: data is lost when it stops)", flush=True)
+        asyncio.run(_until_signal())
+
+
+def cmd_topics(args: argparse.Namespace) -> None:
+    from pipeline.ops.topics import apply_topics, load_topics
+
+    settings = _need_bootstrap(_settings(args))
+    specs = load_topics(settings.topics_file)
+    drift = asyncio.run(apply_topics(settings, specs))
+    for line in drift:
+        print(f"drift: {line}", file=sys.stderr)
+    if drift:
+        sys.exit(1)
+    print(f"{len(specs)} topics in place")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from faust.worker import Worker
+
+    from pipeline.actions.catalogue import Catalogue
+    from pipeline.engine.app import create_app
+
+    settings = _need_bootstrap(
+        _settings(args, catalogue_file=_catalogue_path(args.catalogue), state_dir=args.state_dir, web_port=args.web_port)
+    )
+    catalogue = Catalogue.load(settings.catalogue_file)
+    app = create_app(settings, catalogue)
+    print(f"metrics: http://{settings.web_host}:{settings.web_port}/metrics", flush=True)
+    Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from pipeline.actions.catalogue import Catalogue
+    from pipeline.simulate.population import Population
+    from pipeline.simulate.produce import simulate
+
+    settings = _need_bootstrap(_settings(args, catalogue_file=_catalogue_path(args.catalogue)))
+    population = Population(Catalogue.load(settings.catalogue_file), args.customers, args.seed, args.bad_rate)
+
+    async def main() -> int:
+        task = asyncio.create_task(simulate(settings, population, args.rate, args.duration))
+        stopper = asyncio.create_task(_until_signal())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()
+        return population.seq
+
+    total = asyncio.run(main())
+    print(f"simulator: stopped after {total} events", file=sys.stderr)
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    from pipeline.ops.watch import watch
+
+    settings = _need_bootstrap(_settings(args))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await watch(settings, args.metrics_url, stop=stop)
+
+    asyncio.run(main())
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from pipeline.ops.run import run_all
+
+    sys.exit(run_all(Settings.from_env(), rate=args.rate, customers=args.customers))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from pipeline.bench.run import run_bench
+
+    run_bench(Settings.from_env(), events=args.events, out=Path(args.out))
+
+
+def cmd_schemas(args: argparse.Namespace) -> None:
+    from pipeline.ops.schemas import check_schemas, write_schemas
+
+    if args.check:
+        stale = check_schemas(PROJECT_ROOT / "schemas")
+        if stale:
+            sys.exit(f"schemas/ is stale, run `omni schemas`: {', '.join(stale)}")
+        print("schemas/ matches the models")
+    else:
+        for path in write_schemas(PROJECT_ROOT / "schemas"):
+            print(f"wrote {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omni", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="everything, with a live view (Ctrl-C stops it all)")
+    p.add_argument("--rate", type=float, default=150.0, help="simulated events per second")
+    p.add_argument("--customers", type=int, default=300)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("broker", help="run the embedded broker")
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("topics", help="manage topics")
+    p.add_argument("action", choices=["apply"])
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("worker", help="run a stream worker")
+    p.add_argument("--catalogue", help="'default', 'demo' or a YAML path")
+    p.add_argument("--state-dir", type=Path, default=None)
+    p.add_argument("--web-port", type=int, default=None)
+    p.add_argument("--loglevel", default="warning")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("simulate", help="produce synthetic customer traffic")
+    p.add_argument("--rate", type=float, default=200.0)
+    p.add_argument("--customers", type=int, default=1000)
+    p.add_argument("--duration", type=float, default=None, help="seconds; default runs until stopped")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--bad-rate", type=float, default=0.0, help="share of deliberately broken records")
+    p.add_argument("--catalogue", help="'default', 'demo' or a YAML path")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("watch", help="live view of next-best-actions")
+    p.add_argument("--metrics-url", default=None, help="a worker's /metrics for the pulse line")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("bench", help="throughput benchmark")
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("schemas", help="JSON Schema from the pydantic models")
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

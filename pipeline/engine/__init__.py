@@ -1,0 +1,1 @@
+"""Engine: the batched consume -> process -> produce loop and its checkpoints."""

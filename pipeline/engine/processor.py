@@ -1,0 +1,154 @@
+"""What the engine does with records, with no Kafka in it.
+
+Two steps, as in a Kafka Streams topology with a repartition:
+
+1. ``ingest``: a raw record from an input topic becomes a validated, normalised
+   event keyed by profile (or a rejection for the dead-letter topic).
+2. ``apply``: an event keyed by profile is applied to that profile's state in
+   its partition's transaction; rules may schedule timers. ``fire_due`` turns
+   due timers into actions.
+
+Both return plain data; the engine decides where it goes and when it is durable.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from pipeline.actions.catalogue import Catalogue
+from pipeline.actions.consumables import ConsumablesFollowUp, Suppressed, TimerChange
+from pipeline.actions.model import Action
+from pipeline.identity.resolve import routing_key
+from pipeline.ingest.validate import CleanEvent, Rejection, Validator
+from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile, remember_action, seen_before
+from pipeline.profiles.product import apply_inventory, new_product
+from pipeline.settings import Settings
+from pipeline.state.base import TIMER_PREFIX, PartitionTransaction, Store
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """One state partition: its store, its open transaction and its due-time heap."""
+
+    partition: int
+    store: Store
+    txn: PartitionTransaction
+    timers: list[tuple[float, str, str]] = field(default_factory=list)  # (due, profile key, timer id)
+
+    @classmethod
+    def open(cls, partition: int, store: Store) -> "PartitionState":
+        state = cls(partition, store, PartitionTransaction(store))
+        state.reload_timers()
+        return state
+
+    def reload_timers(self) -> None:
+        self.timers = []
+        for _key, raw in self.store.items(TIMER_PREFIX):
+            entry = orjson.loads(raw)
+            self.timers.append((entry["due"], entry["key"], entry["timer_id"]))
+        heapq.heapify(self.timers)
+
+
+def timer_key(due: float, key: str, timer_id: str) -> bytes:
+    # Fixed-width due time first, so RocksDB keeps the index in firing order.
+    return TIMER_PREFIX + f"{int(due * 1000):015d}|{key}|{timer_id}".encode()
+
+
+@dataclass(slots=True)
+class Tallies:
+    """Counts gathered per batch and handed to Prometheus in one go."""
+
+    events_in: Counter = field(default_factory=Counter)
+    deadletter: Counter = field(default_factory=Counter)
+    identifiers_dropped: Counter = field(default_factory=Counter)
+    processed: Counter = field(default_factory=Counter)
+    duplicates: int = 0
+    actions: Counter = field(default_factory=Counter)
+    suppressed: Counter = field(default_factory=Counter)
+    timers_delta: int = 0
+
+
+class Processor:
+    def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+        self.validate = Validator(settings)
+        self.limits = ProfileLimits(
+            dedup_window=settings.dedup_window,
+            purchases_kept=settings.purchases_kept,
+            views_kept=settings.views_kept,
+        )
+        self.rules = [ConsumablesFollowUp(catalogue)]
+        self.tally = Tallies()
+
+    # --- step 1: ingest ---------------------------------------------------------
+
+    def ingest(self, logical_topic: str, value: bytes | None, now: float) -> tuple[str, bytes] | Rejection:
+        result = self.validate(logical_topic, value, now)
+        if isinstance(result, Rejection):
+            self.tally.deadletter[(result.reason, logical_topic)] += 1
+            return result
+        assert isinstance(result, CleanEvent)
+        data = result.data
+        for kind, reason in result.dropped_identifiers:
+            self.tally.identifiers_dropped[(kind, reason)] += 1
+        self.tally.events_in[(data["channel"], data["type"])] += 1
+        return routing_key(data), orjson.dumps(data)
+
+    # --- step 2: apply to state ------------------------------------------------------
+
+    def apply(self, state: PartitionState, key: str, event: dict[str, Any]) -> None:
+        skey = key.encode()
+        if event["type"] == "inventory_update":
+            product = state.txn.get(skey) or new_product(key)
+            apply_inventory(product, event)
+            state.txn.set(skey, product)
+            self.tally.processed[event["type"]] += 1
+            return
+        profile = state.txn.get(skey) or new_profile(key)
+        if seen_before(profile, event["event_id"], self.limits):
+            self.tally.duplicates += 1
+            return
+        apply_event(profile, event, self.limits)
+        for rule in self.rules:
+            for change in rule.on_event(profile, event):
+                self._index_timer(state, key, change)
+        state.txn.set(skey, profile)
+        self.tally.processed[event["type"]] += 1
+
+    def _index_timer(self, state: PartitionState, key: str, change: TimerChange) -> None:
+        ikey = timer_key(change.due, key, change.timer_id)
+        if change.added:
+            state.txn.set(ikey, {"due": change.due, "key": key, "timer_id": change.timer_id})
+            heapq.heappush(state.timers, (change.due, key, change.timer_id))
+            self.tally.timers_delta += 1
+        else:
+            state.txn.delete(ikey)  # the heap entry is skipped lazily when it comes due
+            self.tally.timers_delta -= 1
+
+    def fire_due(self, state: PartitionState, now: float) -> list[Action]:
+        actions: list[Action] = []
+        heap = state.timers
+        while heap and heap[0][0] <= now:
+            due, key, timer_id = heapq.heappop(heap)
+            skey = key.encode()
+            profile = state.txn.get(skey)
+            timer = profile["timers"].get(timer_id) if profile else None
+            if timer is None or timer["due"] != due:
+                continue  # cancelled or rescheduled since it was indexed
+            del profile["timers"][timer_id]
+            state.txn.delete(timer_key(due, key, timer_id))
+            self.tally.timers_delta -= 1
+            rule = next(r for r in self.rules if r.name == timer["rule"])
+            outcome = rule.on_timer(profile, timer_id, timer, now)
+            if isinstance(outcome, Suppressed):
+                self.tally.suppressed[(outcome.rule, outcome.reason)] += 1
+            else:
+                remember_action(profile, outcome.action_id, now)
+                self.tally.actions[(outcome.rule, outcome.channel)] += 1
+                actions.append(outcome)
+            state.txn.set(skey, profile)
+        return actions

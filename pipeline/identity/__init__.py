@@ -1,0 +1,1 @@
+"""Identity: recognise the customer behind an event's identifiers."""

@@ -1,0 +1,1 @@
+"""Ingest: the contract channel systems produce to, validation, normalisation and dead letters."""

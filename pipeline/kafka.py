@@ -1,0 +1,86 @@
+"""Small Kafka helpers shared by the engine, the tools and the benchmark.
+
+Sends are batched per partition (``create_batch``/``send_batch``): measured on
+this broker, one ``await producer.send()`` per record runs at about a sixth of
+the batched rate, so nothing on a hot path sends records one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from pipeline.settings import Settings
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(slots=True)
+class Record:
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+    timestamp_ms: int | None = None
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2), so our keys land where Java clients' would."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.bootstrap,
+        "linger_ms": settings.producer_linger_ms,
+        "max_batch_size": settings.producer_max_batch_bytes,
+        "max_request_size": settings.producer_max_batch_bytes * 2,
+        "acks": "all",
+        "enable_idempotence": False,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)  # type: ignore[arg-type]
+
+
+def consumer(settings: Settings, *topics: str, **overrides: object) -> AIOKafkaConsumer:
+    options: dict[str, object] = {
+        "bootstrap_servers": settings.bootstrap,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 4 * 1_048_576,
+        "fetch_max_bytes": 16 * 1_048_576,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)  # type: ignore[arg-type]
+
+
+async def send_records(
+    prod: AIOKafkaProducer, topic: str, partition: int, records: Iterable[Record]
+) -> list[tuple[asyncio.Future, int]]:
+    """Queue records as as few batches as fit; return (future, record count) per batch."""
+    sent: list[tuple[asyncio.Future, int]] = []
+    batch = prod.create_batch()
+    count = 0
+    for rec in records:
+        while batch.append(key=rec.key, value=rec.value, timestamp=rec.timestamp_ms, headers=list(rec.headers)) is None:
+            if count == 0:
+                raise ValueError(f"a record for {topic} is larger than a producer batch")
+            sent.append((await prod.send_batch(batch, topic, partition=partition), count))
+            batch, count = prod.create_batch(), 0
+        count += 1
+    if count:
+        sent.append((await prod.send_batch(batch, topic, partition=partition), count))
+    return sent
+
+
+async def last_offset(sent: list[tuple[asyncio.Future, int]]) -> int | None:
+    """Wait for every batch; return the offset of the last record written."""
+    last = None
+    for future, count in sent:
+        meta = await future
+        last = meta.offset + count - 1
+    return last

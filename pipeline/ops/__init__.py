@@ -1,0 +1,1 @@
+"""Ops: broker, topics, metrics and the live view."""

@@ -1,0 +1,1 @@
+"""Profiles: every customer's state, updated by pure functions of (state, event)."""

@@ -1,0 +1,163 @@
+"""The customer profile and how one event changes it.
+
+A profile is a plain dict (it is encoded with orjson at every checkpoint, and a
+pydantic round-trip per event would cost more than the rest of the hot path).
+Its shape is documented by :class:`pipeline.profiles.view.ProfileView`, the
+model the profile API returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileLimits:
+    dedup_window: int = 256
+    purchases_kept: int = 50
+    views_kept: int = 50
+    identifiers_per_type: int = 50
+    actions_kept: int = 100
+
+
+def new_profile(key: str) -> dict[str, Any]:
+    return {
+        "id": key,
+        "identifiers": {},
+        "first_seen": None,
+        "last_seen": None,
+        "channels": {},
+        "counters": {},
+        "purchases": [],
+        "lifetime_value": {},
+        "cart": {},
+        "viewed": [],
+        "consent": {},
+        "locale": None,
+        "timers": {},
+        "actions": {},
+        "recent_events": [],
+    }
+
+
+def seen_before(profile: dict[str, Any], event_id: str, limits: ProfileLimits) -> bool:
+    """Record the event id; True when it was processed already (a duplicate delivery)."""
+    recent: list[str] = profile["recent_events"]
+    if event_id in recent:
+        return True
+    recent.append(event_id)
+    if len(recent) > limits.dedup_window:
+        del recent[: len(recent) - limits.dedup_window]
+    return False
+
+
+def remember_action(profile: dict[str, Any], action_id: str, now: float, keep: int = 100) -> None:
+    """Record an emitted action on the profile (what the web and call centre show as active offers)."""
+    actions: dict[str, float] = profile["actions"]
+    actions[action_id] = now
+    while len(actions) > keep:
+        del actions[next(iter(actions))]
+
+
+def apply_event(profile: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    ts: float = event["ts"]
+    etype: str = event["type"]
+    props: dict[str, Any] = event.get("properties", {})
+
+    _remember_identifiers(profile, event["identifiers"], limits)
+    if profile["first_seen"] is None or ts < profile["first_seen"]:
+        profile["first_seen"] = ts
+    if profile["last_seen"] is None or ts > profile["last_seen"]:
+        profile["last_seen"] = ts
+    channel = event["channel"]
+    if ts > profile["channels"].get(channel, 0.0):
+        profile["channels"][channel] = ts
+    counters = profile["counters"]
+    counters[etype] = counters.get(etype, 0) + 1
+
+    handler = _HANDLERS.get(etype)
+    if handler is not None:
+        handler(profile, props, event, limits)
+
+
+def _remember_identifiers(profile: dict[str, Any], identifiers: dict[str, str], limits: ProfileLimits) -> None:
+    known: dict[str, list[str]] = profile["identifiers"]
+    for kind, value in identifiers.items():
+        values = known.setdefault(kind, [])
+        if value in values:
+            if values[-1] != value:  # most recently used last: channel choice takes the last
+                values.remove(value)
+                values.append(value)
+        elif len(values) < limits.identifiers_per_type:
+            values.append(value)
+
+
+def _purchase(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    order_id = props["order_id"]
+    if any(p["order_id"] == order_id for p in profile["purchases"]):
+        return  # the same order re-sent under a new event id must not count twice
+    skus = [item["sku"] for item in props["items"]]
+    profile["purchases"].append(
+        {
+            "order_id": order_id,
+            "ts": event["ts"],
+            "channel": event["channel"],
+            "total": props["total"],
+            "currency": props["currency"],
+            "skus": skus,
+            "store_id": props.get("store_id"),
+            "event_id": event["event_id"],
+        }
+    )
+    if len(profile["purchases"]) > limits.purchases_kept:
+        del profile["purchases"][0]
+    ltv = profile["lifetime_value"]
+    ltv[props["currency"]] = round(ltv.get(props["currency"], 0.0) + props["total"], 2)
+    for sku in skus:
+        profile["cart"].pop(sku, None)
+
+
+def _add_to_cart(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    line = profile["cart"].setdefault(props["sku"], {"qty": 0, "price": props["price"], "ts": event["ts"]})
+    line["qty"] += props.get("qty", 1)
+    line["price"] = props["price"]
+    line["ts"] = event["ts"]
+
+
+def _remove_from_cart(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    profile["cart"].pop(props["sku"], None)
+
+
+def _product_view(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    viewed: list[str] = profile["viewed"]
+    sku = props["sku"]
+    if sku in viewed:
+        viewed.remove(sku)
+    viewed.append(sku)
+    if len(viewed) > limits.views_kept:
+        del viewed[0]
+
+
+def _signup(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    if props.get("locale"):
+        profile["locale"] = props["locale"]
+
+
+def _consent(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    profile["consent"][props["channel"]] = props["granted"]
+
+
+def _unsubscribe(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    profile["consent"]["email"] = False
+
+
+_HANDLERS = {
+    "purchase": _purchase,
+    "add_to_cart": _add_to_cart,
+    "remove_from_cart": _remove_from_cart,
+    "product_view": _product_view,
+    "signup": _signup,
+    "consent_updated": _consent,
+    "unsubscribe": _unsubscribe,
+}

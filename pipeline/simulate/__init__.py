@@ -1,0 +1,1 @@
+"""Simulate: a synthetic population of customers moving across channels."""

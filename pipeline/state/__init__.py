@@ -1,0 +1,1 @@
+"""State: partition-aligned key-value stores with transactions, changelogs and recovery."""

@@ -1,0 +1,38 @@
+"""An in-memory store: the same contract as RocksDB, for fast unit tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pipeline.state.base import Store
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._offset = -1
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def write(self, items: list[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
+        for key, value in items:
+            if value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
+        self._offset = changelog_offset
+
+    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key in sorted(k for k in self._data if k.startswith(prefix)):
+            yield key, self._data[key]
+
+    def changelog_offset(self) -> int:
+        return self._offset
+
+    def wipe(self) -> None:
+        self._data.clear()
+        self._offset = -1
+
+    def close(self) -> None:
+        pass
