@@ -32,6 +32,11 @@ class Suppressed:
     reason: str
 
 
+def _bought_since(profile: dict[str, Any], sku: str, since: float) -> bool:
+    """Events from different channels arrive in any order: the bags may be seen before the vacuum."""
+    return any(p["ts"] >= since and sku in p["skus"] for p in profile["purchases"])
+
+
 class ConsumablesFollowUp:
     name = RULE
 
@@ -54,7 +59,7 @@ class ConsumablesFollowUp:
             if offer is None:
                 continue
             timer_id = f"{RULE}:{order_id}:{sku}"
-            if timer_id in timers:
+            if timer_id in timers or _bought_since(profile, offer.sku, event["ts"]):
                 continue
             due = event["ts"] + offer.delay_s
             timers[timer_id] = {

@@ -1,0 +1,34 @@
+# The two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench install schemas clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Embedded broker + topics + worker + simulator + live view of next-best-actions. Ctrl-C stops it all.
+run: $(STAMP)
+	$(BIN)/omni run
+
+## The whole test suite: unit, integration (real broker) and end-to-end.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 tests
+
+## Throughput figures (raw aiokafka passthrough against this pipeline); writes bench/results.json.
+bench: $(STAMP)
+	$(BIN)/omni bench
+
+## Regenerate schemas/ from the pydantic models.
+schemas: $(STAMP)
+	$(BIN)/omni schemas
+
+clean:
+	rm -rf $(VENV) .run .state *.egg-info

@@ -1,0 +1,27 @@
+from pipeline.ingest.normalise import is_junk, normalise_email, normalise_identifiers, normalise_phone
+
+
+def test_email_is_trimmed_and_lower_cased() -> None:
+    assert normalise_email("  Anna.Berg@Example.COM ") == "anna.berg@example.com"
+    assert normalise_email("not-an-email") is None
+
+
+def test_phone_becomes_e164_with_default_region() -> None:
+    assert normalise_phone("20 12 34 56", "DK") == "+4520123456"
+    assert normalise_phone("+45 20-12-34-56", "DK") == "+4520123456"
+    assert normalise_phone("070-123 45 67", "SE") == "+46701234567"
+    assert normalise_phone("12", "DK") is None
+
+
+def test_placeholders_never_identify_anyone() -> None:
+    for value in ("", " ", "null", "undefined", "anonymous", "-1", "0000000", "00000000-0000-0000-0000-000000000000"):
+        assert is_junk(value), value
+    assert not is_junk("C0000001")
+
+
+def test_normalise_identifiers_reports_what_it_dropped() -> None:
+    clean, dropped = normalise_identifiers(
+        {"customer_id": " C1 ", "email": "bad", "cookie_id": "undefined", "phone": "+4520123456"}, "DK"
+    )
+    assert clean == {"customer_id": "C1", "phone": "+4520123456"}
+    assert sorted(dropped) == [("cookie_id", "junk"), ("email", "invalid")]

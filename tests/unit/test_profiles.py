@@ -1,0 +1,41 @@
+from pipeline.profiles.product import apply_inventory, new_product
+from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile, seen_before
+from tests.unit.test_actions import clean
+from tests.helpers import event, purchase
+
+
+def test_profile_remembers_channels_purchases_cart_and_value() -> None:
+    limits = ProfileLimits()
+    p = new_profile("customer_id:C1")
+    for raw in (
+        event("add_to_cart", "app", {"customer_id": "C1", "device_id": "d1"}, "e1", sku="VAC-100", qty=1, price=249.0),
+        event("add_to_cart", "web", {"customer_id": "C1"}, "e2", sku="MUG-002", qty=2, price=9.0),
+        purchase("C1", "e3", ["VAC-100"], channel="store", order_id="O1"),
+        purchase("C1", "e4", ["VAC-100"], channel="store", order_id="O1"),  # same order re-sent
+        event("consent_updated", "web", {"customer_id": "C1"}, "e5", channel="sms", granted=False),
+    ):
+        apply_event(p, clean(raw), limits)
+    assert set(p["channels"]) == {"app", "web", "store"}
+    assert list(p["cart"]) == ["MUG-002"] and p["cart"]["MUG-002"]["qty"] == 2
+    assert len(p["purchases"]) == 1 and p["lifetime_value"] == {"EUR": 10.0}
+    assert p["identifiers"]["device_id"] == ["d1"]
+    assert p["consent"] == {"sms": False}
+    assert p["counters"]["purchase"] == 2
+
+
+def test_event_ids_are_processed_once_within_the_window() -> None:
+    limits = ProfileLimits(dedup_window=3)
+    p = new_profile("x")
+    assert not seen_before(p, "a", limits)
+    assert seen_before(p, "a", limits)
+    for e in "bcd":
+        seen_before(p, e, limits)
+    assert not seen_before(p, "a", limits)  # fell out of the window
+
+
+def test_late_stock_level_does_not_overwrite_newer_one() -> None:
+    product = new_product("sku:BAG-100")
+    apply_inventory(product, {"ts": 20.0, "properties": {"sku": "BAG-100", "available_qty": 5}})
+    apply_inventory(product, {"ts": 10.0, "properties": {"sku": "BAG-100", "available_qty": 0}})
+    apply_inventory(product, {"ts": 15.0, "properties": {"sku": "BAG-100", "store_id": "S1", "available_qty": 2}})
+    assert product["available"] == {"online": {"qty": 5, "ts": 20.0}, "S1": {"qty": 2, "ts": 15.0}}

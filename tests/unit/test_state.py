@@ -1,0 +1,62 @@
+import heapq
+from pathlib import Path
+
+import orjson
+
+from pipeline.engine.processor import PartitionState, Processor, timer_key
+from pipeline.settings import PACKAGE_DATA, Settings
+from pipeline.state.base import PartitionTransaction
+from pipeline.state.memory import MemoryStore
+from pipeline.state.rocksdb import RocksDBStore
+from pipeline.actions.catalogue import Catalogue
+from tests.helpers import purchase
+from tests.unit.test_actions import clean
+
+
+def test_transaction_reads_its_own_writes_and_orders_timer_index_safely() -> None:
+    store = MemoryStore()
+    txn = PartitionTransaction(store)
+    txn.set(b"customer_id:C1", {"n": 1})
+    txn.set(b"t:0001|a", {"due": 1})
+    txn.delete(b"t:0000|b")
+    assert txn.get(b"customer_id:C1") == {"n": 1}
+    items = txn.take()
+    # new index entries first, removed ones last: any prefix of the changelog is consistent
+    assert [k for k, _ in items] == [b"t:0001|a", b"customer_id:C1", b"t:0000|b"]
+    assert items[-1][1] is None
+    assert not txn
+
+
+def test_rocksdb_store_keeps_data_and_offset_together(tmp_path: Path) -> None:
+    store = RocksDBStore(tmp_path / "p0")
+    assert store.changelog_offset() == -1
+    store.write([(b"a", b"1"), (b"t:1", b"x"), (b"t:2", b"y")], 41)
+    store.write([(b"a", None)], 42)
+    store.close()
+    store = RocksDBStore(tmp_path / "p0")
+    assert store.get(b"a") is None and store.changelog_offset() == 42
+    assert list(store.items(b"t:")) == [(b"t:1", b"x"), (b"t:2", b"y")]
+    store.wipe()
+    assert store.changelog_offset() == -1 and store.get(b"t:1") is None
+    store.close()
+
+
+def test_processor_schedules_fires_once_and_reloads_timers_from_the_store() -> None:
+    processor = Processor(Settings(), Catalogue.load(PACKAGE_DATA / "catalogue.yaml"))
+    store = MemoryStore()
+    state = PartitionState.open(0, store)
+    e = clean(purchase("C1", "e1", ["VAC-100"]))
+    processor.apply(state, "customer_id:C1", e)
+    processor.apply(state, "customer_id:C1", e)  # redelivered
+    assert processor.tally.duplicates == 1
+    store.write(state.txn.take(), 0)
+    reopened = PartitionState.open(0, store)
+    assert len(reopened.timers) == 1
+    due = reopened.timers[0][0]
+    assert processor.fire_due(reopened, due - 1) == []
+    (action,) = processor.fire_due(reopened, due)
+    assert action.offer == {"sku": "BAG-100", "name": "Dust bags for V100 (10 pack)"}
+    assert processor.fire_due(reopened, due + 1) == []
+    profile = reopened.txn.get(b"customer_id:C1")
+    assert profile["timers"] == {} and action.action_id in profile["actions"]
+    assert reopened.txn.get(timer_key(due, "customer_id:C1", next(iter([action.facts["order_id"]])))) is None
