@@ -136,16 +136,24 @@ class Engine:
             if tp.topic == self.repartition:
                 state = self.state[tp.partition]
                 for rec in records:
-                    self.processor.apply(state, rec.key.decode(), orjson.loads(rec.value))
+                    try:
+                        self.processor.apply(state, rec.key.decode(), orjson.loads(rec.value))
+                    except Exception as exc:  # a bug must not become a crash loop on one record
+                        log.exception("processing %s:%d@%d failed", tp.topic, tp.partition, rec.offset)
+                        outbox[self._deadletter_partition(tp)].append(_dead_letter(rec, tp, _bug(exc)))
+                        self.processor.tally.deadletter[("processing_error", REPARTITION)] += 1
                     latencies.append(now - rec.timestamp / 1000)
             else:
                 logical = self.inputs[tp.topic]
                 for rec in records:
-                    result = self.processor.ingest(logical, rec.value, now)
+                    try:
+                        result = self.processor.ingest(logical, rec.value, now)
+                    except Exception as exc:
+                        log.exception("ingesting %s:%d@%d failed", tp.topic, tp.partition, rec.offset)
+                        result = _bug(exc)
+                        self.processor.tally.deadletter[(result.reason, logical)] += 1
                     if isinstance(result, Rejection):
-                        outbox[(self.deadletter, tp.partition % self.partition_counts[self.deadletter])].append(
-                            _dead_letter(rec, tp, result)
-                        )
+                        outbox[self._deadletter_partition(tp)].append(_dead_letter(rec, tp, result))
                     else:
                         key, value = result
                         kbytes = key.encode()
@@ -158,6 +166,9 @@ class Engine:
         for latency in latencies:
             self.metrics.latency.observe(latency)
         self._flush_tallies()
+
+    def _deadletter_partition(self, tp: TopicPartition) -> tuple[str, int]:
+        return self.deadletter, tp.partition % self.partition_counts[self.deadletter]
 
     async def _fire_timers(self) -> int:
         now = time.time()
@@ -288,6 +299,10 @@ class _Rebalance(ConsumerRebalanceListener):
             await engine._open_partitions(new)
         engine.ready.set()
         log.info("assigned %d partitions; state partitions %s", len(assigned), sorted(engine.state))
+
+
+def _bug(exc: Exception) -> Rejection:
+    return Rejection("processing_error", f"{type(exc).__name__}: {exc}")
 
 
 def _dead_letter(rec: Any, tp: TopicPartition, rejection: Rejection) -> Record:

@@ -37,3 +37,15 @@ def test_unequal_state_partitions_are_refused(tmp_path: Path) -> None:
         assert "same number of partitions" in str(exc)
     else:
         raise AssertionError("accepted unequal partitions")
+
+
+def test_readme_documents_every_setting() -> None:
+    from pipeline.settings import ENV_ALIASES, Settings
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    missing = [
+        ENV_ALIASES.get(name, f"OMNI_{name.upper()}")
+        for name in Settings.model_fields
+        if ENV_ALIASES.get(name, f"OMNI_{name.upper()}") not in readme
+    ]
+    assert missing == [], f"README's configuration table lacks {missing}"
