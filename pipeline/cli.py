@@ -24,9 +24,9 @@ from pipeline.settings import PACKAGE_DATA, PROJECT_ROOT, Settings
 CATALOGUES = {"default": PACKAGE_DATA / "catalogue.yaml", "demo": PACKAGE_DATA / "catalogue.demo.yaml"}
 
 
-def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
-    settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
-    return settings
+def _settings(**overrides: object) -> Settings:
+    """Settings from the environment, with the command-line options that were given on top."""
+    return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _need_bootstrap(settings: Settings) -> Settings:
@@ -60,7 +60,7 @@ def cmd_broker(args: argparse.Namespace) -> None:
 def cmd_topics(args: argparse.Namespace) -> None:
     from pipeline.ops.topics import apply_topics, load_topics
 
-    settings = _need_bootstrap(_settings(args))
+    settings = _need_bootstrap(_settings())
     specs = load_topics(settings.topics_file)
     drift = asyncio.run(apply_topics(settings, specs))
     for line in drift:
@@ -77,7 +77,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from pipeline.engine.app import create_app
 
     settings = _need_bootstrap(
-        _settings(args, catalogue_file=_catalogue_path(args.catalogue), state_dir=args.state_dir, web_port=args.web_port)
+        _settings(catalogue_file=_catalogue_path(args.catalogue), state_dir=args.state_dir, web_port=args.web_port)
     )
     catalogue = Catalogue.load(settings.catalogue_file)
     app = create_app(settings, catalogue)
@@ -90,7 +90,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from pipeline.simulate.population import Population
     from pipeline.simulate.produce import simulate
 
-    settings = _need_bootstrap(_settings(args, catalogue_file=_catalogue_path(args.catalogue)))
+    settings = _need_bootstrap(_settings(catalogue_file=_catalogue_path(args.catalogue)))
     population = Population(Catalogue.load(settings.catalogue_file), args.customers, args.seed, args.bad_rate)
 
     async def main() -> int:
@@ -107,7 +107,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 def cmd_watch(args: argparse.Namespace) -> None:
     from pipeline.ops.watch import watch
 
-    settings = _need_bootstrap(_settings(args))
+    settings = _need_bootstrap(_settings())
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -8,6 +8,7 @@ case), except the broker address, which follows the common ``KAFKA_BOOTSTRAP``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class Settings(BaseModel):
     views_kept: int = 50
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> "Settings":
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for name in cls.model_fields:

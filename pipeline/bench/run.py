@@ -40,7 +40,7 @@ from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.metrics import Metrics
 from pipeline.ops.topics import apply_topics, load_topics
 from pipeline.settings import Settings
-from pipeline.simulate.population import Population
+from pipeline.simulate.population import Population, Produced
 from pipeline.simulate.produce import produce_all
 
 PASSTHROUGH = "bench.passthrough"
@@ -62,7 +62,7 @@ def _broker(settings: Settings) -> Iterator[Settings]:
 async def _generate(settings: Settings, events: int) -> int:
     population = Population(Catalogue.load(settings.catalogue_file), customers=5000, seed=42, bad_rate=0.005)
     now = time.time()
-    records = []
+    records: list[Produced] = []
     while len(records) < events:
         records.extend(population.journey(now))
     return await produce_all(settings, records[:events])

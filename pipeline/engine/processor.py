@@ -137,7 +137,7 @@ class Processor:
             skey = key.encode()
             profile = state.txn.get(skey)
             timer = profile["timers"].get(timer_id) if profile else None
-            if timer is None or timer["due"] != due:
+            if profile is None or timer is None or timer["due"] != due:
                 continue  # cancelled or rescheduled since it was indexed
             del profile["timers"][timer_id]
             state.txn.delete(timer_key(due, key, timer_id))

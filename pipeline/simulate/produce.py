@@ -8,9 +8,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 
+from aiokafka import AIOKafkaProducer
+
 from pipeline import kafka
 from pipeline.kafka import Record
-from pipeline.ops.topics import load_topics
+from pipeline.ops.topics import TopicSpec, load_topics
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population, Produced
 
@@ -26,7 +28,9 @@ async def produce_all(settings: Settings, records: Iterable[Produced]) -> int:
         await producer.stop()
 
 
-async def _produce(producer, settings: Settings, specs, records: Iterable[Produced]) -> int:  # type: ignore[no-untyped-def]
+async def _produce(
+    producer: AIOKafkaProducer, settings: Settings, specs: dict[str, TopicSpec], records: Iterable[Produced]
+) -> int:
     grouped: dict[tuple[str, int], list[Record]] = defaultdict(list)
     count = 0
     for rec in records:

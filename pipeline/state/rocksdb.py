@@ -37,6 +37,7 @@ class RocksDBStore(Store):
 
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):
+            assert isinstance(key, bytes)  # raw mode: keys are bytes
             if not key.startswith(prefix):
                 break
             yield key, value
