@@ -18,6 +18,7 @@ from aiokafka import TopicPartition
 from pipeline import kafka
 from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.loop import Engine
+from pipeline.engine.omnichannel import omnichannel_engine
 from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
 from pipeline.ops.topics import apply_topics, load_topics
@@ -150,7 +151,7 @@ def sample(metrics: Metrics, name: str, labels: dict[str, str] | None = None) ->
 async def running_engine(settings: Settings, catalogue_path: Path | None = None) -> AsyncIterator[Engine]:
     """A real engine, in this process, against the real broker."""
     catalogue = Catalogue.load(catalogue_path or settings.catalogue_file)
-    engine = Engine(settings, catalogue, Metrics())
+    engine = omnichannel_engine(settings, catalogue, Metrics())
     await engine.start()
     task = asyncio.create_task(engine.run())
     try:

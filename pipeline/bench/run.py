@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline import kafka
 from pipeline.actions.catalogue import Catalogue
-from pipeline.engine.loop import Engine
+from pipeline.engine.omnichannel import omnichannel_engine
 from pipeline.ingest.contract import INPUT_TOPICS
 from pipeline.kafka import Record
 from pipeline.ops.broker import EmbeddedBroker
@@ -114,7 +114,7 @@ async def _raw_passthrough(settings: Settings, events: int) -> float:
 
 async def _pipeline(settings: Settings, events: int) -> tuple[float, dict[str, float]]:
     metrics = Metrics()
-    engine = Engine(settings, Catalogue.load(settings.catalogue_file), metrics)
+    engine = omnichannel_engine(settings, Catalogue.load(settings.catalogue_file), metrics)
     await engine.start()
     task = asyncio.create_task(engine.run())
     await asyncio.wait_for(engine.ready.wait(), timeout=60)

@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pipeline import kafka
 from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.loop import Engine
+from pipeline.engine.omnichannel import omnichannel_engine
 from pipeline.ops.metrics import Metrics
 from pipeline.settings import Settings
 
@@ -61,7 +62,7 @@ class EngineService(Service):
 
 def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None = None) -> faust.App:
     metrics = metrics or Metrics()
-    engine = Engine(settings, catalogue, metrics)
+    engine = omnichannel_engine(settings, catalogue, metrics)
     app = faust.App(
         f"{settings.topic_prefix}{settings.app_id}-worker",
         broker=f"kafka://{settings.bootstrap}",
@@ -96,7 +97,7 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
 
     @app.page("/profiles/{key}")
     async def profile_page(self: faust.web.View, request: faust.web.Request, key: str) -> faust.web.Response:
-        n = engine.partition_counts[engine.repartition]
+        n = engine.job.partition_counts[engine.job.state_topic]
         partition = kafka.partition_for(key.encode(), n)
         state = engine.state.get(partition)
         if state is None:

@@ -13,7 +13,6 @@ Both return plain data; the engine decides where it goes and when it is durable.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,35 +27,7 @@ from pipeline.ingest.validate import CleanEvent, Rejection, Validator
 from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile, remember_action, seen_before
 from pipeline.profiles.product import apply_inventory, new_product
 from pipeline.settings import Settings
-from pipeline.state.base import TIMER_PREFIX, PartitionTransaction, Store
-
-
-@dataclass(slots=True)
-class PartitionState:
-    """One state partition: its store, its open transaction and its due-time heap."""
-
-    partition: int
-    store: Store
-    txn: PartitionTransaction
-    timers: list[tuple[float, str, str]] = field(default_factory=list)  # (due, profile key, timer id)
-
-    @classmethod
-    def open(cls, partition: int, store: Store) -> "PartitionState":
-        state = cls(partition, store, PartitionTransaction(store))
-        state.reload_timers()
-        return state
-
-    def reload_timers(self) -> None:
-        self.timers = []
-        for _key, raw in self.store.items(TIMER_PREFIX):
-            entry = orjson.loads(raw)
-            self.timers.append((entry["due"], entry["key"], entry["timer_id"]))
-        heapq.heapify(self.timers)
-
-
-def timer_key(due: float, key: str, timer_id: str) -> bytes:
-    # Fixed-width due time first, so RocksDB keeps the index in firing order.
-    return TIMER_PREFIX + f"{int(due * 1000):015d}|{key}|{timer_id}".encode()
+from pipeline.state.partition import PartitionState
 
 
 @dataclass(slots=True)
@@ -70,7 +41,6 @@ class Tallies:
     duplicates: int = 0
     actions: Counter = field(default_factory=Counter)
     suppressed: Counter = field(default_factory=Counter)
-    timers_delta: int = 0
 
 
 class Processor:
@@ -120,28 +90,21 @@ class Processor:
         self.tally.processed[event["type"]] += 1
 
     def _index_timer(self, state: PartitionState, key: str, change: TimerChange) -> None:
-        ikey = timer_key(change.due, key, change.timer_id)
         if change.added:
-            state.txn.set(ikey, {"due": change.due, "key": key, "timer_id": change.timer_id})
-            heapq.heappush(state.timers, (change.due, key, change.timer_id))
-            self.tally.timers_delta += 1
+            state.schedule(change.due, key, change.timer_id)
         else:
-            state.txn.delete(ikey)  # the heap entry is skipped lazily when it comes due
-            self.tally.timers_delta -= 1
+            state.unschedule(change.due, key, change.timer_id)
 
     def fire_due(self, state: PartitionState, now: float) -> list[Action]:
         actions: list[Action] = []
-        heap = state.timers
-        while heap and heap[0][0] <= now:
-            due, key, timer_id = heapq.heappop(heap)
+        for due, key, timer_id in state.due(now):
             skey = key.encode()
             profile = state.txn.get(skey)
             timer = profile["timers"].get(timer_id) if profile else None
             if profile is None or timer is None or timer["due"] != due:
                 continue  # cancelled or rescheduled since it was indexed
             del profile["timers"][timer_id]
-            state.txn.delete(timer_key(due, key, timer_id))
-            self.tally.timers_delta -= 1
+            state.unschedule(due, key, timer_id)
             rule = next(r for r in self.rules if r.name == timer["rule"])
             outcome = rule.on_timer(profile, timer_id, timer, now)
             if isinstance(outcome, Suppressed):

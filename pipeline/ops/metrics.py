@@ -6,11 +6,41 @@ batch: a labelled ``inc()`` per event would cost more than validating it.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class BatchHistogram(Collector):
+    """A histogram fed a batch at a time: one bisect per value, no lock or label lookup per event."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self.name, self.documentation, self.bounds = name, documentation, buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
+        self.total = 0.0
+        registry.register(self)
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, bounds = self.counts, self.bounds
+        for v in values:
+            counts[bisect_left(bounds, v)] += 1
+            self.total += v
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, running = [], 0
+        for bound, count in zip((*map(floatToGoString, self.bounds), "+Inf"), self.counts):
+            running += count
+            cumulative.append((bound, running))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], cumulative, sum_value=self.total)
+        yield family
 
 
 class Metrics:
@@ -24,9 +54,9 @@ class Metrics:
         )
         self.processed = Counter("omni_events_processed", "Events applied to state", ["type"], registry=r)
         self.duplicates = Counter("omni_duplicates", "Events skipped because their event_id was processed", registry=r)
-        self.latency = Histogram(
+        self.latency = BatchHistogram(
             "omni_event_latency_seconds", "From the record's arrival on the input topic to its processing",
-            buckets=LATENCY_BUCKETS, registry=r,
+            LATENCY_BUCKETS, r,
         )  # fmt: skip
         self.batch_seconds = Histogram("omni_batch_seconds", "Time to process one polled batch", buckets=LATENCY_BUCKETS, registry=r)
         self.actions = Counter("omni_actions", "Actions emitted", ["rule", "channel"], registry=r)

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.engine.processor import PartitionState, Processor, timer_key
+from pipeline.engine.processor import Processor
+from pipeline.state.partition import PartitionState, timer_key
 from pipeline.settings import PACKAGE_DATA, Settings
 from pipeline.state.base import PartitionTransaction
 from pipeline.state.memory import MemoryStore

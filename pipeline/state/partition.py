@@ -1,0 +1,54 @@
+"""One state partition: its store, its open transaction and its due-time heap of timers."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import orjson
+
+from pipeline.state.base import TIMER_PREFIX, PartitionTransaction, Store
+
+
+def timer_key(due: float, key: str, timer_id: str) -> bytes:
+    # Fixed-width due time first, so RocksDB keeps the index in firing order.
+    return TIMER_PREFIX + f"{int(due * 1000):015d}|{key}|{timer_id}".encode()
+
+
+@dataclass(slots=True)
+class PartitionState:
+    partition: int
+    store: Store
+    txn: PartitionTransaction
+    timers: list[tuple[float, str, str]] = field(default_factory=list)  # heap of (due, key, timer id)
+    pending: int = 0  # live timers (the heap may still hold cancelled ones)
+
+    @classmethod
+    def open(cls, partition: int, store: Store) -> "PartitionState":
+        state = cls(partition, store, PartitionTransaction(store))
+        state.reload_timers()
+        return state
+
+    def reload_timers(self) -> None:
+        self.timers = []
+        for _key, raw in self.store.items(TIMER_PREFIX):
+            entry = orjson.loads(raw)
+            self.timers.append((entry["due"], entry["key"], entry["timer_id"]))
+        heapq.heapify(self.timers)
+        self.pending = len(self.timers)
+
+    def schedule(self, due: float, key: str, timer_id: str) -> None:
+        self.txn.set(timer_key(due, key, timer_id), {"due": due, "key": key, "timer_id": timer_id})
+        heapq.heappush(self.timers, (due, key, timer_id))
+        self.pending += 1
+
+    def unschedule(self, due: float, key: str, timer_id: str) -> None:
+        self.txn.delete(timer_key(due, key, timer_id))  # the heap entry is skipped when it comes due
+        self.pending -= 1
+
+    def due(self, now: float) -> list[tuple[float, str, str]]:
+        """Pop every heap entry due by ``now``; callers check each is still scheduled."""
+        out = []
+        while self.timers and self.timers[0][0] <= now:
+            out.append(heapq.heappop(self.timers))
+        return out
