@@ -6,7 +6,7 @@
     omni worker                  the stream worker
     omni simulate                synthetic customers producing to the channel topics
     omni watch                   the live view of next-best-actions
-    omni bench                   throughput: raw aiokafka passthrough against this pipeline
+    omni bench                   throughput, latency, memory and recovery, against raw aiokafka and Quix Streams
     omni schemas [--check]       write (or check) schemas/ from the pydantic models
 """
 
@@ -128,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from pipeline.bench.run import run_bench
 
-    run_bench(Settings.from_env(), events=args.events, out=Path(args.out))
+    run_bench(Settings.from_env(), events=args.events, out=Path(args.out), profiles=args.profiles)
 
 
 def cmd_schemas(args: argparse.Namespace) -> None:
@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="throughput benchmark")
     p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--profiles", type=int, default=1_000_000, help="profiles for the memory and recovery figures (0 skips)")
     p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
     p.set_defaults(func=cmd_bench)
 

@@ -1,14 +1,18 @@
-"""``omni bench``: the pipeline against a raw aiokafka passthrough, same events, same broker, one run.
+"""``omni bench``: every throughput figure in one run, on one broker.
 
-1. Generate a fixed number of realistic simulator events (0.5 % deliberately
-   broken) and produce them to the input topics.
-2. Raw ceiling: aiokafka consume, orjson parse, produce in per-partition
-   batches to one output topic. No state, no validation.
-3. This pipeline: the engine (validation, identity key, repartition, profile
-   state in RocksDB with changelog and checkpoints, rules) over the same records.
+1. Raw ceiling: aiokafka consume, orjson parse, produce: batched per partition,
+   and with one ``await send()`` per event.
+2. Quix Streams doing the reference job (``pipeline.bench.reference``), in its
+   own process (install the ``bench`` extra; skipped with a note otherwise).
+3. This engine doing the same reference job.
+4. The full pipeline (validation, identity, repartition, profiles, rules) on
+   realistic simulator traffic, one worker process, then two.
+5. Ingest-to-action latency at half the full pipeline's maximum rate.
+6. Memory of a worker holding many profiles, and the time a fresh worker takes
+   to rebuild them from the changelog.
 
-Prints events/s for each and the ratio, and writes them to a JSON file.
-A benchmark, not a test: nothing here asserts a speed.
+Prints each figure and the ratios, and writes them as JSON. A benchmark, not a
+test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -18,35 +22,38 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
+import yaml
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline import kafka
 from pipeline.actions.catalogue import Catalogue
-from pipeline.engine.omnichannel import omnichannel_engine
-from pipeline.ingest.contract import INPUT_TOPICS
+from pipeline.bench.reference import PARTITIONS, TOPIC_CONFIG, ReferenceJob, reference_records
+from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
+from pipeline.engine.loop import Engine
 from pipeline.kafka import Record
 from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.metrics import Metrics
-from pipeline.ops.topics import apply_topics, load_topics
-from pipeline.settings import Settings
+from pipeline.ops.topics import REPARTITION, apply_topics, load_topics
+from pipeline.settings import PACKAGE_DATA, Settings
 from pipeline.simulate.population import Population, Produced
-from pipeline.simulate.produce import produce_all
 
-PASSTHROUGH = "bench.passthrough"
+Figures = dict[str, Any]
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
@@ -59,122 +66,374 @@ def _broker(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(update={"bootstrap": broker.bootstrap})
 
 
-async def _generate(settings: Settings, events: int) -> int:
-    population = Population(Catalogue.load(settings.catalogue_file), customers=5000, seed=42, bad_rate=0.005)
-    now = time.time()
-    records: list[Produced] = []
-    while len(records) < events:
-        records.extend(population.journey(now))
-    return await produce_all(settings, records[:events])
-
-
-async def _raw_passthrough(settings: Settings, events: int) -> float:
-    """Consume every input partition, parse, produce batched per partition; return seconds."""
-    specs = load_topics(settings.topics_file)
-    out_topic = settings.topic(PASSTHROUGH)
-    out_partitions = specs["channel.web"].partitions
+async def _create(settings: Settings, topics: dict[str, dict[str, str]], partitions: int = PARTITIONS) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
     await admin.start()
-    await admin.create_topics(
-        [NewTopic(out_topic, out_partitions, 1, topic_configs={"retention.ms": "3600000", "cleanup.policy": "delete"})]
-    )
-    await admin.close()
-    consumer = kafka.consumer(settings)
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=cfg) for name, cfg in topics.items()])
+    finally:
+        await admin.close()
+
+
+async def _produce_grouped(settings: Settings, topic: str, grouped: dict[int, list[Record]]) -> None:
     producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        sent = []
+        for partition, records in grouped.items():
+            sent.extend(await kafka.send_records(producer, topic, partition, records))
+        for future, _ in sent:
+            await future
+    finally:
+        await producer.stop()
+
+
+# --- 1. raw passthrough ---------------------------------------------------------------------
+
+
+async def _passthrough(settings: Settings, in_topic: str, out_topic: str, events: int, batched: bool) -> float:
+    """Consume, parse, produce; timed from the first batch to the last output acknowledged."""
+    consumer, producer = kafka.consumer(settings), kafka.producer(settings)
     await consumer.start()
     await producer.start()
-    tps = [TopicPartition(settings.topic(t), p) for t in INPUT_TOPICS for p in range(specs[t].partitions)]
+    tps = [TopicPartition(in_topic, p) for p in range(PARTITIONS)]
     consumer.assign(tps)
     for tp in tps:
         consumer.seek(tp, 0)
-    seen = 0
-    started = time.perf_counter()
+    seen, started = 0, 0.0
     try:
         while seen < events:
             batches = await consumer.getmany(timeout_ms=100, max_records=settings.max_poll_records)
-            outbox: dict[int, list[Record]] = defaultdict(list)
+            if batches and not started:
+                started = time.perf_counter()
             for tp, records in batches.items():
-                for rec in records:
-                    try:
-                        value = orjson.dumps(orjson.loads(rec.value))
-                    except orjson.JSONDecodeError:
-                        value = rec.value  # the broken 0.5 % pass through as they are
-                    outbox[tp.partition].append(Record(rec.key, value))
+                values = [Record(r.key, orjson.dumps(orjson.loads(r.value))) for r in records]
+                if batched:
+                    await kafka.send_records(producer, out_topic, tp.partition, values)
+                else:
+                    for rec in values:
+                        await producer.send(out_topic, rec.value, key=rec.key, partition=tp.partition)
                 seen += len(records)
-            sent = []
-            for partition, recs in outbox.items():
-                sent.extend(await kafka.send_records(producer, out_topic, partition, recs))
-            for future, _ in sent:
-                await future
-        return time.perf_counter() - started
+        await producer.flush()
+        return events / (time.perf_counter() - started)
     finally:
         await consumer.stop()
         await producer.stop()
 
 
-async def _pipeline(settings: Settings, events: int) -> tuple[float, dict[str, float]]:
-    metrics = Metrics()
-    engine = omnichannel_engine(settings, Catalogue.load(settings.catalogue_file), metrics)
+# --- 2. Quix Streams ---------------------------------------------------------------------------
+
+
+def _quix(settings: Settings, in_topic: str, out_topic: str, events: int) -> Figures:
+    try:
+        import quixstreams  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        return {"skipped": "quixstreams is not installed: pip install -e '.[bench]'"}
+    with tempfile.TemporaryDirectory() as state_dir:
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.bench.quix_ref", settings.bootstrap or "", in_topic, out_topic, str(events), state_dir],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode != 0 or not lines:
+        return {"failed": (result.stderr or result.stdout)[-2000:]}
+    figures = json.loads(lines[-1])
+    return {"events_per_s": round(figures["events"] / figures["seconds"])}
+
+
+# --- 3. the reference job on this engine -----------------------------------------------------------------
+
+
+async def _engine_reference(settings: Settings, in_topic: str, out_topic: str, changelog: str, events: int) -> float:
+    job = ReferenceJob(in_topic, out_topic, changelog)
+    engine = Engine(settings.model_copy(update={"app_id": "ref"}), job, Metrics())
     await engine.start()
     task = asyncio.create_task(engine.run())
-    await asyncio.wait_for(engine.ready.wait(), timeout=60)
-    started = time.perf_counter()
-
-    def done() -> float:
-        total = 0.0
-        for family in metrics.registry.collect():
-            if family.name in ("omni_events_processed", "omni_duplicates", "omni_deadletter"):
-                total += sum(s.value for s in family.samples if s.name.endswith("_total"))
-        return total
-
-    last_report = started
-    while done() < events:
-        await asyncio.sleep(0.01)
-        if time.perf_counter() - last_report > 5:
-            last_report = time.perf_counter()
-            _say(f"  pipeline: {int(done()):,}/{events:,} events")
-    elapsed = time.perf_counter() - started
+    while job.processed < events:
+        await asyncio.sleep(0.002)
     engine.stopping.set()
     await task
+    async with engine.lock:
+        await engine.checkpoint()  # outputs acknowledged, state durable: part of the work
+    elapsed = time.perf_counter() - (job.first_at or 0.0)
     await engine.stop()
-    counts = {
-        f.name: sum(s.value for s in f.samples if s.name.endswith("_total"))
-        for f in metrics.registry.collect()
-        if f.name in ("omni_events_processed", "omni_deadletter", "omni_duplicates", "omni_actions")
-    }
-    return elapsed, counts
+    return events / elapsed
 
 
-def run_bench(settings: Settings, events: int, out: Path) -> dict[str, object]:
-    with _broker(settings) as base, tempfile.TemporaryDirectory() as state_dir:
-        bench = base.model_copy(
-            update={"topic_prefix": f"bench-{uuid.uuid4().hex[:6]}.", "state_dir": Path(state_dir)}
-        )
-        drift = asyncio.run(apply_topics(bench, load_topics(bench.topics_file)))
-        assert not drift, drift
-        _say(f"generating {events:,} simulator events (0.5 % broken) ...")
-        produced = asyncio.run(_generate(bench, events))
-        _say("raw aiokafka passthrough (consume, parse, produce batched) ...")
-        raw_s = asyncio.run(_raw_passthrough(bench, produced))
-        _say("this pipeline (validate, identify, repartition, profile state, rules, checkpoints) ...")
-        pipe_s, counts = asyncio.run(_pipeline(bench, produced))
+# --- 4. the full pipeline -------------------------------------------------------------------------
 
-    raw_eps, pipe_eps = produced / raw_s, produced / pipe_s
-    result: dict[str, object] = {
+
+def _simulator_records(catalogue: Catalogue, events: int, customers: int = 5000, bad_rate: float = 0.005) -> list[Produced]:
+    population = Population(catalogue, customers=customers, seed=42, bad_rate=bad_rate)
+    now, records = time.time(), []
+    while len(records) < events:
+        records.extend(population.journey(now))
+    return records[:events]
+
+
+async def _produce_simulated(settings: Settings, records: list[Produced]) -> None:
+    from pipeline.simulate.produce import produce_all
+
+    await produce_all(settings, records)
+
+
+def _pipeline_workers(base: Settings, records: list[Produced], workers: int, tmp: Path) -> Figures:
+    """Start the workers on empty topics, then produce everything; time until all is processed."""
+    settings = base.model_copy(update={"topic_prefix": f"w{workers}-{uuid.uuid4().hex[:6]}."})
+    asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
+    procs = [
+        WorkerProcess.start(settings.model_copy(update={"state_dir": tmp / f"w{workers}-{i}"}), tmp / f"w{workers}-{i}.log")
+        for i in range(workers)
+    ]
+    try:
+        wait_ready(procs, load_topics(settings.topics_file)[REPARTITION].partitions)
+        started = time.perf_counter()
+        asyncio.run(_produce_simulated(settings, records))
+        wait_until(lambda: sum(p.done() for p in procs) >= len(records), 600, "the pipeline to finish", poll_s=0.05)
+        elapsed = time.perf_counter() - started
+        return {"events_per_s": round(len(records) / elapsed), "rss_mb": [round(p.rss_mb()) for p in procs]}
+    finally:
+        for p in procs:
+            p.stop()
+
+
+# --- 5. latency ----------------------------------------------------------------------------------------
+
+
+def _instant_catalogue(tmp: Path) -> Path:
+    """The default catalogue with every follow-up due at once, so each durable purchase is an action now."""
+    doc = yaml.safe_load((PACKAGE_DATA / "catalogue.yaml").read_text())
+    for product in doc["products"].values():
+        if product.get("consumable"):
+            product["consumable"]["delay"] = "0s"
+    path = tmp / "catalogue-instant.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, seconds: float) -> list[float]:
+    population = Population(catalogue, customers=5000, seed=9)
+    specs = load_topics(settings.topics_file)
+    producer = kafka.producer(settings)
+    consumer = kafka.consumer(settings)
+    await producer.start()
+    await consumer.start()
+    action_tps = [TopicPartition(settings.topic(f"actions.{c}"), p) for c in ("email", "sms", "push") for p in range(specs[f"actions.{c}"].partitions)]  # fmt: skip
+    consumer.assign(action_tps)
+    for tp in action_tps:
+        consumer.seek(tp, 0)
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+
+    async def read_actions() -> None:
+        while True:
+            for records in (await consumer.getmany(timeout_ms=5)).values():
+                now = time.time()
+                for rec in records:
+                    trigger = orjson.loads(rec.value)["trigger_event_ids"][0]
+                    if trigger in sent_at:
+                        latencies.append(now - sent_at[trigger])
+
+    reader = asyncio.create_task(read_actions())
+    tick, owed, started = 0.005, 0.0, time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            owed += rate * tick
+            batch: list[Produced] = []
+            while len(batch) < owed:
+                batch.extend(population.journey(time.time()))
+            owed -= len(batch)
+            grouped: dict[tuple[str, int], list[Record]] = {}
+            now = time.time()
+            for rec in batch:
+                if b'"purchase"' in rec.value:
+                    sent_at[orjson.loads(rec.value)["event_id"]] = now
+                topic = settings.topic(rec.topic)
+                grouped.setdefault((topic, kafka.partition_for(rec.key, specs[rec.topic].partitions)), []).append(Record(rec.key, rec.value))
+            for (topic, partition), recs in grouped.items():
+                await kafka.send_records(producer, topic, partition, recs)
+            await asyncio.sleep(max(0.0, tick - (time.monotonic() - started) % tick))
+        await asyncio.sleep(1.0)  # let the last actions arrive
+    finally:
+        reader.cancel()
+        await producer.stop()
+        await consumer.stop()
+    return latencies
+
+
+def _latency(base: Settings, rate: float, tmp: Path, seconds: float = 15.0) -> Figures:
+    settings = base.model_copy(update={"topic_prefix": f"lat-{uuid.uuid4().hex[:6]}.", "state_dir": tmp / "lat"})
+    asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
+    catalogue_path = _instant_catalogue(tmp)
+    worker = WorkerProcess.start(settings, tmp / "latency-worker.log", catalogue=catalogue_path)
+    try:
+        wait_ready([worker], load_topics(settings.topics_file)[REPARTITION].partitions)
+        latencies = sorted(asyncio.run(_latency_run(settings, Catalogue.load(catalogue_path), rate, seconds)))
+    finally:
+        worker.stop()
+    if not latencies:
+        return {"rate": round(rate), "actions": 0}
+
+    def pct(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1)
+
+    return {"rate": round(rate), "actions": len(latencies), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
+# --- 6. memory and recovery ------------------------------------------------------------------------------
+
+
+def _many_profiles(count: int) -> list[Produced]:
+    def login(i: int) -> Produced:
+        value = orjson.dumps({
+            "event_id": f"m{i}", "type": "login", "channel": "web", "occurred_at": "2026-11-23T08:00:00Z",
+            "identifiers": {"customer_id": f"M{i:08d}", "email": f"m{i}@example.com"}, "properties": {},
+        })  # fmt: skip
+        return Produced("channel.web", f"M{i:08d}".encode(), value)
+
+    return [login(i) for i in range(count)]
+
+
+def _memory_and_recovery(base: Settings, profiles: int, tmp: Path) -> Figures:
+    settings = base.model_copy(update={"topic_prefix": f"mem-{uuid.uuid4().hex[:6]}.", "state_dir": tmp / "mem-a"})
+    asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
+    partitions = load_topics(settings.topics_file)[REPARTITION].partitions
+    say(f"  producing {profiles:,} logins of distinct customers ...")
+    asyncio.run(_produce_simulated(settings, _many_profiles(profiles)))
+    worker = WorkerProcess.start(settings, tmp / "mem-a.log")
+    try:
+        wait_ready([worker], partitions)
+        wait_until(lambda: worker.done() >= profiles, 900, "the profiles to be written", poll_s=0.5)
+        time.sleep(settings.commit_interval_s * 2)  # the last checkpoint
+        rss = worker.rss_mb()
+    finally:
+        worker.stop()
+    shutil.rmtree(tmp / "mem-a", ignore_errors=True)
+    # A fresh worker, empty disk: everything comes back from the changelog.
+    fresh = settings.model_copy(update={"state_dir": tmp / "mem-b"})
+    started = time.perf_counter()
+    worker = WorkerProcess.start(fresh, tmp / "mem-b.log")
+    try:
+        wait_ready([worker], partitions, timeout_s=900)
+        restore_s = time.perf_counter() - started
+        m = worker.metrics()
+        restored = m.get("omni_state_restored_records_total", 0.0)
+        restore_only = m.get("omni_state_restore_seconds", float("nan"))
+        rss_after = worker.rss_mb()
+    finally:
+        worker.stop()
+    return {
+        "profiles": profiles, "rss_mb": round(rss), "start_to_ready_s": round(restore_s, 1),
+        "restore_s": round(restore_only, 1),
+        "restored_records": int(restored), "rss_after_restore_mb": round(rss_after),
+    }  # fmt: skip
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+def run_bench(settings: Settings, events: int, out: Path, profiles: int = 1_000_000) -> Figures:
+    figures: Figures = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-        "broker": "KAFKA_BOOTSTRAP" if settings.bootstrap else "embedded Tansu 0.6",
-        "events": produced,
-        "raw_passthrough_events_per_s": round(raw_eps),
-        "pipeline_events_per_s": round(pipe_eps),
-        "pipeline_over_raw": round(pipe_eps / raw_eps, 3),
-        "pipeline_counts": counts,
+        "broker": "KAFKA_BOOTSTRAP" if settings.bootstrap else "embedded Tansu 0.6, loopback",
+        "events": events,
     }
+    with _broker(settings) as base, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        base = base.model_copy(update={"state_dir": tmp / "state"})
+        run = uuid.uuid4().hex[:6]
+        t_in, t_raw, t_raw1, t_quix, t_ref, t_cl = (
+            f"bench-{run}.{n}" for n in ("ref-in", "raw-out", "raw1-out", "quix-out", "ref-out", "ref-changelog")
+        )
+        asyncio.run(_create(base, {t: dict(TOPIC_CONFIG) for t in (t_in, t_raw, t_raw1, t_quix, t_ref)}))
+        asyncio.run(_create(base, {t_cl: {"cleanup.policy": "compact", "retention.ms": "-1"}}))
+        say(f"reference data: {events:,} JSON events over 5,000 customers, {PARTITIONS} partitions")
+        asyncio.run(_produce_grouped(base, t_in, reference_records(events)))
+
+        say("1. raw aiokafka passthrough, batched and per-event ...")
+        raw = asyncio.run(_passthrough(base, t_in, t_raw, events, batched=True))
+        raw1 = asyncio.run(_passthrough(base, t_in, t_raw1, events, batched=False))
+        figures["raw_batched_events_per_s"] = round(raw)
+        figures["raw_per_event_events_per_s"] = round(raw1)
+
+        say("2. Quix Streams, reference job ...")
+        figures["quix_reference"] = _quix(base, t_in, t_quix, events)
+        say("3. this engine, reference job ...")
+        figures["engine_reference_events_per_s"] = round(
+            asyncio.run(_engine_reference(base.model_copy(update={"topic_prefix": f"ref-{run}."}), t_in, t_ref, t_cl, events))
+        )
+
+        catalogue = Catalogue.load(base.catalogue_file)
+        records = _simulator_records(catalogue, events)
+        say("4. full pipeline on simulator traffic: one worker, then two ...")
+        figures["pipeline_1_worker"] = _pipeline_workers(base, records, 1, tmp)
+        figures["pipeline_2_workers"] = _pipeline_workers(base, records, 2, tmp)
+
+        max_rate = figures["pipeline_1_worker"]["events_per_s"]
+        say(f"5. ingest-to-action latency at half the maximum rate ({max_rate / 2:,.0f} events/s) ...")
+        figures["latency"] = _latency(base, max_rate / 2, tmp)
+
+        if profiles:
+            say(f"6. memory with {profiles:,} profiles, and their recovery from the changelog ...")
+            figures["profiles"] = _memory_and_recovery(base, profiles, tmp)
+
+    _ratios(figures)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"events                      {produced:>12,}")
-    print(f"raw aiokafka passthrough    {raw_eps:>12,.0f} events/s")
-    print(f"this pipeline               {pipe_eps:>12,.0f} events/s")
-    print(f"pipeline / raw              {pipe_eps / raw_eps:>12.3f}")
-    print(f"written to {out}")
-    return result
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(render(figures))
+    print(f"\nwritten to {out}")
+    return figures
+
+
+def _ratios(f: Figures) -> None:
+    quix = f["quix_reference"].get("events_per_s")
+    ref, pipe, raw = f["engine_reference_events_per_s"], f["pipeline_1_worker"]["events_per_s"], f["raw_batched_events_per_s"]
+    f["ratios"] = {
+        "engine_reference_over_quix": round(ref / quix, 2) if quix else None,
+        "pipeline_over_quix_reference": round(pipe / quix, 2) if quix else None,
+        "quix_over_raw": round(quix / raw, 3) if quix else None,
+        "engine_reference_over_raw": round(ref / raw, 3),
+        "pipeline_over_raw": round(pipe / raw, 3),
+        "two_workers_over_one": round(f["pipeline_2_workers"]["events_per_s"] / pipe, 2),
+    }
+
+
+def render(f: Figures) -> str:
+    """The figures as the Markdown table the README carries."""
+    quix = f["quix_reference"]
+    quix_text = f"{quix['events_per_s']:,}" if "events_per_s" in quix else f"n/a ({next(iter(quix.values()))[:60]})"
+    r, lat = f["ratios"], f["latency"]
+    rows = [
+        ("raw aiokafka passthrough, batched (the ceiling)", f"{f['raw_batched_events_per_s']:,}", "1.00"),
+        ("raw aiokafka passthrough, one await send() per event", f"{f['raw_per_event_events_per_s']:,}",
+         f"{f['raw_per_event_events_per_s'] / f['raw_batched_events_per_s']:.2f}"),
+        ("Quix Streams 3, reference job", quix_text, str(r["quix_over_raw"])),
+        ("this engine, reference job", f"{f['engine_reference_events_per_s']:,}", str(r["engine_reference_over_raw"])),
+        ("full pipeline, 1 worker, simulator traffic", f"{f['pipeline_1_worker']['events_per_s']:,}", str(r["pipeline_over_raw"])),
+        ("full pipeline, 2 workers", f"{f['pipeline_2_workers']['events_per_s']:,}",
+         f"{f['pipeline_2_workers']['events_per_s'] / f['raw_batched_events_per_s']:.3f}"),
+    ]  # fmt: skip
+    lines = [
+        f"Run of {f['date'][:10]} on {f['machine']}, {f['broker']}, {f['events']:,} events:",
+        "",
+        "| measurement | events/s | over the ceiling |",
+        "| --- | ---: | ---: |",
+        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        "",
+        "| ratio | value |",
+        "| --- | ---: |",
+        f"| this engine / Quix, reference job | {r['engine_reference_over_quix']} |",
+        f"| full pipeline / Quix reference job | {r['pipeline_over_quix_reference']} |",
+        f"| 2 workers / 1 worker | {r['two_workers_over_one']} |",
+        f"| ingest-to-action latency at {lat['rate']:,} events/s (half the 1-worker maximum) | "
+        f"p50 {lat.get('p50_ms')} ms, p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms ({lat['actions']:,} actions) |",
+    ]
+    if "profiles" in f:
+        p = f["profiles"]
+        lines += [
+            f"| worker RSS holding {p['profiles']:,} profiles | {p['rss_mb']} MB |",
+            f"| fresh worker rebuilding them from the changelog ({p['restored_records']:,} records) | "
+            f"{p['restore_s']} s restoring, {p['start_to_ready_s']} s from process start to ready, {p['rss_after_restore_mb']} MB RSS |",
+        ]
+    return "\n".join(lines)

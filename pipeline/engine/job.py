@@ -60,9 +60,8 @@ class Job(ABC):
     def on_state(self, state: PartitionState, records: list[Any], now: float, out: Outbox) -> None:
         """Records from the state topic, applied to that partition's transaction."""
 
-    def on_timers(self, state: PartitionState, now: float, out: Outbox) -> int:
-        """Fire due timers; return how many produced output."""
-        return 0
+    def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
+        """Fire due timers."""
 
     def report(self, metrics: Metrics) -> None:
         """Hand counts gathered since the last call to Prometheus."""

@@ -8,7 +8,8 @@ Guarantees (at-least-once delivery, idempotent effects):
 
 * Outputs are produced as soon as a batch is processed, so latency does not
   wait for a checkpoint.
-* A checkpoint, every ``commit_interval_s`` and at once after timers fire,
+* A checkpoint, every ``commit_interval_s`` or sooner when ``max_uncommitted_keys``
+  keys wait in memory,
   (1) waits until every output is acknowledged, (2) writes each partition's
   changed keys to its changelog and then to RocksDB with the changelog offset,
   (3) only then commits consumer offsets. A crash at any point replays records
@@ -86,7 +87,7 @@ class Engine:
         self.stopping.set()
         async with self.lock:
             try:
-                await self._checkpoint()
+                await self.checkpoint()
             finally:
                 await self.consumer.stop()  # leaves the group: the others rebalance at once
                 await self.restorer.stop()
@@ -103,18 +104,21 @@ class Engine:
                 break
             async with self.lock:
                 started = time.monotonic()
-                fired = await self._process(batches)
+                await self._process(batches)
                 if batches:
                     self.metrics.batch_seconds.observe(time.monotonic() - started)
-                if fired or time.monotonic() - self.last_checkpoint >= s.commit_interval_s:
-                    await self._checkpoint()
+                if (
+                    time.monotonic() - self.last_checkpoint >= s.commit_interval_s
+                    or sum(len(st.txn) for st in self.state.values()) >= s.max_uncommitted_keys
+                ):
+                    await self.checkpoint()
             if time.monotonic() - last_lag >= 1.0:
                 await self._update_lag()
                 last_lag = time.monotonic()
 
     # --- processing ---------------------------------------------------------------------
 
-    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> int:
+    async def _process(self, batches: dict[TopicPartition, list[Any]]) -> None:
         now = time.time()
         job, out = self.job, self.outbox
         for tp, records in batches.items():
@@ -125,11 +129,11 @@ class Engine:
             else:
                 job.on_source(tp, records, now, out)
             self.next_offsets[tp] = records[-1].offset + 1
-        fired = sum(job.on_timers(state, now, out) for state in self.state.values())
+        for state in self.state.values():
+            job.on_timers(state, now, out)
         await self._send(out.take())
         job.report(self.metrics)
         self.metrics.timers_pending.set(sum(s.pending for s in self.state.values()))
-        return fired
 
     async def _send(self, outbox: dict[tuple[str, int], list[Record]]) -> None:
         for (topic, partition), records in outbox.items():
@@ -137,7 +141,8 @@ class Engine:
 
     # --- durability -----------------------------------------------------------------------
 
-    async def _checkpoint(self) -> None:
+    async def checkpoint(self) -> None:
+        """Make everything processed so far durable; callers hold ``self.lock``."""
         started = time.monotonic()
         # 1. Every output is acknowledged before anything that depends on it is made durable:
         #    committing an input offset whose repartitioned event was lost would lose the event.
@@ -180,6 +185,7 @@ class Engine:
         stores = {p: RocksDBStore(self.settings.state_dir / f"state-{p}") for p in partitions}
         started = time.monotonic()
         applied = await restore(self.restorer, self.job.changelog_topic, stores)  # type: ignore[arg-type]
+        self.metrics.restore_seconds.set(time.monotonic() - started)
         for p, store in stores.items():
             self.state[p] = PartitionState.open(p, store)
             self.metrics.state_restored.inc(applied.get(p, 0))
@@ -216,7 +222,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         engine = self.engine
         async with engine.lock:
-            await engine._checkpoint()
+            await engine.checkpoint()
             for tp in revoked:
                 if tp.topic == engine.job.state_topic:
                     engine._close_partition(tp.partition)

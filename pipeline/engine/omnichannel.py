@@ -69,11 +69,9 @@ class OmnichannelJob(Job):
                 self._dead_letter(rec, TopicPartition(self.state_topic, state.partition), bug(exc), out)
             latencies.append(now - rec.timestamp / 1000)
 
-    def on_timers(self, state: PartitionState, now: float, out: Outbox) -> int:
-        actions = self.processor.fire_due(state, now)
-        for action in actions:
+    def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
+        for action in self.processor.fire_due(state, now):
             out.add(self.settings.topic(f"actions.{action.channel}"), action.customer.encode(), orjson.dumps(action.model_dump()))
-        return len(actions)
 
     def _dead_letter(self, rec: Any, tp: TopicPartition, rejection: Rejection, out: Outbox) -> None:
         partition = tp.partition % self.partition_counts[self.deadletter]

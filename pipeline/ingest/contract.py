@@ -21,7 +21,7 @@ Id = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class Identifiers(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     customer_id: str | None = None
     loyalty_id: str | None = None
@@ -34,11 +34,13 @@ class Identifiers(BaseModel):
 class Props(BaseModel):
     """Properties of an event type that needs none; extra context is kept."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class _Event(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a number sent as a string is an error, not silently coerced, because the
+    # pipeline forwards the event as it was sent (see pipeline.ingest.validate).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     event_id: Id
     channel: Channel
@@ -61,7 +63,7 @@ class CartAddProps(Props):
 
 
 class PurchaseItem(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     sku: Sku
     qty: int = Field(1, ge=1, le=10_000)

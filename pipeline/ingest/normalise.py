@@ -28,9 +28,8 @@ def normalise_email(value: str) -> str | None:
     return v if EMAIL_RE.match(v) else None
 
 
-@lru_cache(maxsize=200_000)
 def normalise_phone(value: str, region: str) -> str | None:
-    # phonenumbers costs tens of microseconds a call; customers repeat, so cache.
+    # phonenumbers costs tens of microseconds a call; normalise_one caches the result.
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
@@ -40,6 +39,20 @@ def normalise_phone(value: str, region: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+@lru_cache(maxsize=1 << 18)
+def normalise_one(kind: str, value: str, region: str) -> tuple[str | None, str | None]:
+    """(normalised value, None) or (None, reason dropped). Cached: a customer's identifiers recur."""
+    if is_junk(value):
+        return None, "junk"
+    if kind == "email":
+        norm = normalise_email(value)
+    elif kind == "phone":
+        norm = normalise_phone(value.strip(), region)
+    else:
+        norm = value.strip()
+    return (norm, None) if norm is not None else (None, "invalid")
+
+
 def normalise_identifiers(raw: dict[str, str | None], region: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """Return (clean identifiers, [(type, reason) dropped])."""
     clean: dict[str, str] = {}
@@ -47,17 +60,9 @@ def normalise_identifiers(raw: dict[str, str | None], region: str) -> tuple[dict
     for kind, value in raw.items():
         if value is None:
             continue
-        if is_junk(value):
-            dropped.append((kind, "junk"))
-            continue
-        if kind == "email":
-            norm = normalise_email(value)
-        elif kind == "phone":
-            norm = normalise_phone(value.strip(), region)
-        else:
-            norm = value.strip()
+        norm, reason = normalise_one(kind, value, region)
         if norm is None:
-            dropped.append((kind, "invalid"))
+            dropped.append((kind, reason or "invalid"))
         else:
             clean[kind] = norm
     return clean, dropped

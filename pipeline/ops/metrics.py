@@ -68,6 +68,7 @@ class Metrics:
             "omni_checkpoint_seconds", "Time to make state, outputs and offsets durable", buckets=LATENCY_BUCKETS, registry=r
         )
         self.state_restored = Counter("omni_state_restored_records", "Changelog records replayed into local state", registry=r)
+        self.restore_seconds = Gauge("omni_state_restore_seconds", "Duration of the last state restore from the changelog", registry=r)
         self.partitions_owned = Gauge("omni_partitions_owned", "State partitions this worker owns", registry=r)
 
     @staticmethod

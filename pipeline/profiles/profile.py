@@ -37,18 +37,18 @@ def new_profile(key: str) -> dict[str, Any]:
         "locale": None,
         "timers": {},
         "actions": {},
-        "recent_events": [],
+        "recent_events": {},  # event id -> 1, in arrival order: O(1) lookups, oldest first out
     }
 
 
 def seen_before(profile: dict[str, Any], event_id: str, limits: ProfileLimits) -> bool:
     """Record the event id; True when it was processed already (a duplicate delivery)."""
-    recent: list[str] = profile["recent_events"]
+    recent: dict[str, int] = profile["recent_events"]
     if event_id in recent:
         return True
-    recent.append(event_id)
+    recent[event_id] = 1
     if len(recent) > limits.dedup_window:
-        del recent[: len(recent) - limits.dedup_window]
+        del recent[next(iter(recent))]
     return False
 
 

@@ -66,8 +66,8 @@ class PartitionTransaction:
     def delete(self, key: bytes) -> None:
         self._dirty[key] = DELETED
 
-    def __bool__(self) -> bool:
-        return bool(self._dirty)
+    def __len__(self) -> int:
+        return len(self._dirty)
 
     def take(self) -> list[tuple[bytes, bytes | None]]:
         """Encode and hand over the pending writes, emptying the transaction.

@@ -1,0 +1,99 @@
+"""Worker processes for measurements: start `omni worker`, read its /metrics, stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import urllib.request
+
+from pipeline.ops.broker import free_port
+from pipeline.ops.watch import scrape
+from pipeline.settings import Settings
+
+DONE_METRICS = ("omni_events_processed_total", "omni_duplicates_total", "omni_deadletter_total")
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @classmethod
+    def start(cls, settings: Settings, log: Path, catalogue: Path | None = None) -> "WorkerProcess":
+        port = free_port()
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP": settings.bootstrap or "",
+            "OMNI_TOPIC_PREFIX": settings.topic_prefix,
+            "OMNI_STATE_DIR": str(settings.state_dir),
+            "OMNI_WEB_PORT": str(port),
+            "OMNI_CATALOGUE_FILE": str(catalogue or settings.catalogue_file),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT
+        )
+        return cls(proc, port, log)
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            return scrape(f"http://127.0.0.1:{self.port}/metrics")
+        except OSError:
+            return {}
+
+    def health(self) -> dict[str, object] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as resp:
+                return orjson.loads(resp.read())  # type: ignore[no-any-return]
+        except OSError:
+            return None
+
+    def done(self) -> float:
+        m = self.metrics()
+        return sum(m.get(name, 0.0) for name in DONE_METRICS)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.alive():
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.1) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(poll_s)
+
+
+def wait_ready(workers: list[WorkerProcess], partitions: int, timeout_s: float = 60.0) -> None:
+    """Until the workers own every state partition between them (the group has settled)."""
+
+    def settled() -> bool:
+        for w in workers:
+            if not w.alive():
+                raise RuntimeError(f"worker exited; see {w.log}")
+        owned = [h.get("state_partitions", []) if (h := w.health()) else [] for w in workers]
+        return all(owned) and sorted(p for o in owned for p in o) == list(range(partitions))  # type: ignore[attr-defined]
+
+    wait_until(settled, timeout_s, "the workers to share the partitions", poll_s=0.2)
