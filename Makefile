@@ -22,8 +22,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 tests
 
-## Throughput figures (raw aiokafka passthrough against this pipeline); writes bench/results.json.
+## Throughput, latency, memory and recovery, against raw aiokafka and Quix Streams; writes bench/results.json.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[embedded,bench]'
 	$(BIN)/omni bench
 
 ## Regenerate schemas/ from the pydantic models.

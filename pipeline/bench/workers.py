@@ -86,7 +86,7 @@ def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.1) -> N
         time.sleep(poll_s)
 
 
-def wait_ready(workers: list[WorkerProcess], partitions: int, timeout_s: float = 60.0) -> None:
+def wait_ready(workers: list[WorkerProcess], partitions: int, timeout_s: float = 60.0, poll_s: float = 0.2) -> None:
     """Until the workers own every state partition between them (the group has settled)."""
 
     def settled() -> bool:
@@ -96,4 +96,4 @@ def wait_ready(workers: list[WorkerProcess], partitions: int, timeout_s: float =
         owned = [h.get("state_partitions", []) if (h := w.health()) else [] for w in workers]
         return all(owned) and sorted(p for o in owned for p in o) == list(range(partitions))  # type: ignore[attr-defined]
 
-    wait_until(settled, timeout_s, "the workers to share the partitions", poll_s=0.2)
+    wait_until(settled, timeout_s, "the workers to share the partitions", poll_s=poll_s)
