@@ -45,8 +45,9 @@ class Settings(BaseModel):
     rebalance_timeout_ms: int = 6000
     commit_interval_s: float = Field(1.0, description="how often state, changelog and offsets are checkpointed")
     max_uncommitted_keys: int = Field(
-        20_000, description="checkpoint early when this many changed keys wait in memory (bounds RSS)"
+        10_000, description="checkpoint early when this many changed keys wait in memory (bounds RSS)"
     )
+    rocksdb_write_buffer_mb: int = Field(8, description="RocksDB memtable size per state partition")
     poll_timeout_ms: int = 20
     # Tansu answers a Fetch only when its max wait runs out, even once data has
     # arrived; with aiokafka's 500 ms default every hop (input, repartition)

@@ -187,7 +187,10 @@ class Engine:
     # --- partitions ------------------------------------------------------------------------
 
     async def _open_partitions(self, partitions: list[int]) -> None:
-        stores = {p: RocksDBStore(self.settings.state_dir / f"state-{p}") for p in partitions}
+        stores = {
+            p: RocksDBStore(self.settings.state_dir / f"state-{p}", self.settings.rocksdb_write_buffer_mb * 1024 * 1024)
+            for p in partitions
+        }
         started = time.monotonic()
         applied = await restore(self.restorer, self.job.changelog_topic, stores)  # type: ignore[arg-type]
         self.metrics.restore_seconds.set(time.monotonic() - started)
