@@ -155,7 +155,7 @@ async def _engine_reference(settings: Settings, in_topic: str, out_topic: str, c
     engine.stopping.set()
     await task
     async with engine.lock:
-        await engine.checkpoint()  # outputs acknowledged, state durable: part of the work
+        await engine.drain()  # outputs acknowledged, state durable: part of the work
     elapsed = time.perf_counter() - (job.first_at or 0.0)
     await engine.stop()
     return events / elapsed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -53,8 +54,15 @@ class Job(ABC):
     #: partitions of every topic the job produces to
     partition_counts: dict[str, int]
 
-    def on_source(self, tp: TopicPartition, records: list[Any], now: float, out: Outbox) -> None:
-        """Records from a source topic; typically validated and re-keyed onto the state topic."""
+    def on_source(
+        self, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
+    ) -> None:
+        """Records from a source topic; typically validated and re-keyed onto the state topic.
+
+        ``owned`` are the state partitions this worker holds now: a job may apply a record
+        to one of them at once (saving a trip through the broker) as long as it recognises
+        the record when the state topic brings it back.
+        """
 
     @abstractmethod
     def on_state(self, state: PartitionState, records: list[Any], now: float, out: Outbox) -> None:

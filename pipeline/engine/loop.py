@@ -9,7 +9,7 @@ Guarantees (at-least-once delivery, idempotent effects):
 * Outputs are produced as soon as a batch is processed, so latency does not
   wait for a checkpoint.
 * A checkpoint, every ``commit_interval_s`` or sooner when ``max_uncommitted_keys``
-  keys wait in memory,
+  keys wait in memory, runs in the background while processing goes on; it
   (1) waits until every output is acknowledged, (2) writes each partition's
   changed keys to its changelog and then to RocksDB with the changelog offset,
   (3) only then commits consumer offsets. A crash at any point replays records
@@ -53,6 +53,7 @@ class Engine:
         self.in_flight: list[tuple[asyncio.Future[Any], int]] = []
         self.lock = asyncio.Lock()
         self.last_checkpoint = time.monotonic()
+        self._flush_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.consumer: AIOKafkaConsumer
@@ -92,7 +93,7 @@ class Engine:
         self.stopping.set()
         async with self.lock:
             try:
-                await self.checkpoint()
+                await self.drain()
             finally:
                 await self.consumer.stop()  # leaves the group: the others rebalance at once
                 await self.restorer.stop()
@@ -132,7 +133,7 @@ class Engine:
             if tp.topic == job.state_topic:
                 job.on_state(self.state[tp.partition], records, now, out)
             else:
-                job.on_source(tp, records, now, out)
+                job.on_source(tp, records, now, out, self.state)
             self.next_offsets[tp] = records[-1].offset + 1
         for state in self.state.values():
             job.on_timers(state, now, out)
@@ -147,31 +148,58 @@ class Engine:
     # --- durability -----------------------------------------------------------------------
 
     async def checkpoint(self) -> None:
-        """Make everything processed so far durable; callers hold ``self.lock``."""
+        """Start making everything processed so far durable; callers hold ``self.lock``.
+
+        Encoding the changed keys happens here, in the loop; waiting for the broker and
+        writing RocksDB happen in the background while processing goes on (a checkpoint
+        of a few thousand profiles takes tens of milliseconds, which would otherwise be
+        added to the latency of every event behind it). One flush runs at a time.
+        """
+        await self._await_flush()
+        assigned = self.consumer.assignment()
+        offsets = {tp: off for tp, off in self.next_offsets.items() if tp in assigned}
+        self.next_offsets = {}
+        outputs, self.in_flight = self.in_flight, []
+        taken = [(state, state.txn.take()) for state in self.state.values() if state.txn]
+        self.last_checkpoint = time.monotonic()
+        self._flush_task = asyncio.create_task(self._flush(outputs, taken, offsets))
+
+    async def drain(self) -> None:
+        """Checkpoint and wait until it is durable (before a rebalance, at stop)."""
+        await self.checkpoint()
+        await self._await_flush()
+
+    async def _await_flush(self) -> None:
+        if self._flush_task is not None:
+            task, self._flush_task = self._flush_task, None
+            await task  # a failed flush raises here: the worker must not go on past lost writes
+
+    async def _flush(
+        self,
+        outputs: list[tuple[asyncio.Future[Any], int]],
+        taken: list[tuple[PartitionState, list[tuple[bytes, bytes | None]]]],
+        offsets: dict[TopicPartition, int],
+    ) -> None:
         started = time.monotonic()
         # 1. Every output is acknowledged before anything that depends on it is made durable:
         #    committing an input offset whose repartitioned event was lost would lose the event.
-        for future, _count in self.in_flight:
+        for future, _count in outputs:
             await future
-        self.in_flight.clear()
         # 2. State: changelog first (all partitions in parallel), then RocksDB with the offset.
         #    The other order would leave RocksDB ahead of the changelog, and a new owner of
         #    the partition, restoring from the changelog, would miss those writes.
         pending = []
-        for state in self.state.values():
-            if state.txn:
-                items = state.txn.take()
-                sent = await kafka.send_records(
-                    self.producer, self.job.changelog_topic, state.partition, (Record(k, v) for k, v in items)
-                )
-                pending.append((state, items, sent))
+        for state, items in taken:
+            sent = await kafka.send_records(
+                self.producer, self.job.changelog_topic, state.partition, (Record(k, v) for k, v in items)
+            )
+            pending.append((state, items, sent))
         for state, items, sent in pending:
             offset = await kafka.last_offset(sent)
             assert offset is not None
             state.store.write(items, offset)
+            state.txn.flushed()
         # 3. Only now the input offsets: everything before them is durable.
-        assigned = self.consumer.assignment()
-        offsets = {tp: off for tp, off in self.next_offsets.items() if tp in assigned}
         if offsets:
             try:
                 await self.consumer.commit(offsets)
@@ -179,10 +207,8 @@ class Engine:
                 # A rebalance took the partitions: their new owner replays from the last
                 # commit, and the job's idempotence keeps state from counting twice.
                 log.warning("offset commit skipped: %s", exc)
-        self.next_offsets.clear()
-        self.last_checkpoint = time.monotonic()
         self.metrics.checkpoints.inc()
-        self.metrics.checkpoint_seconds.observe(self.last_checkpoint - started)
+        self.metrics.checkpoint_seconds.observe(time.monotonic() - started)
 
     # --- partitions ------------------------------------------------------------------------
 
@@ -195,7 +221,7 @@ class Engine:
         applied = await restore(self.restorer, self.job.changelog_topic, stores)  # type: ignore[arg-type]
         self.metrics.restore_seconds.set(time.monotonic() - started)
         for p, store in stores.items():
-            self.state[p] = PartitionState.open(p, store)
+            self.state[p] = PartitionState.open(p, store, self.settings.state_cache_keys)
             self.metrics.state_restored.inc(applied.get(p, 0))
         if partitions:
             log.info(
@@ -230,7 +256,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         engine = self.engine
         async with engine.lock:
-            await engine.checkpoint()
+            await engine.drain()
             for tp in revoked:
                 if tp.topic == engine.job.state_topic:
                     engine._close_partition(tp.partition)

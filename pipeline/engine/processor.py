@@ -56,7 +56,7 @@ class Processor:
 
     # --- step 1: ingest ---------------------------------------------------------
 
-    def ingest(self, logical_topic: str, value: bytes | None, now: float) -> tuple[str, bytes] | Rejection:
+    def ingest(self, logical_topic: str, value: bytes | None, now: float) -> tuple[str, dict[str, Any]] | Rejection:
         result = self.validate(logical_topic, value, now)
         if isinstance(result, Rejection):
             self.tally.deadletter[(result.reason, logical_topic)] += 1
@@ -66,7 +66,7 @@ class Processor:
         for kind, reason in result.dropped_identifiers:
             self.tally.identifiers_dropped[(kind, reason)] += 1
         self.tally.events_in[(data["channel"], data["type"])] += 1
-        return routing_key(data), orjson.dumps(data)
+        return routing_key(data), data
 
     # --- step 2: apply to state ------------------------------------------------------
 

@@ -45,19 +45,35 @@ class Store(ABC):
 
 
 class PartitionTransaction:
-    """Uncommitted writes of one partition since the last checkpoint."""
+    """Uncommitted writes of one partition since the last checkpoint.
 
-    __slots__ = ("store", "_dirty")
+    A checkpoint takes the writes (:meth:`take`) and makes them durable in the
+    background while processing goes on; until it reports :meth:`flushed`,
+    reads see the taken values, which the store does not have yet.
+    """
 
-    def __init__(self, store: Store) -> None:
+    __slots__ = ("store", "cache_keys", "_dirty", "_cache", "_flushing")
+
+    def __init__(self, store: Store, cache_keys: int = 10_000) -> None:
         self.store = store
+        self.cache_keys = cache_keys
         self._dirty: dict[bytes, Any] = {}
+        # Decoded values of recently written keys: a busy customer is decoded from JSON
+        # once, not again after every checkpoint.
+        self._cache: dict[bytes, Any] = {}
+        self._flushing: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> Any | None:
         value = self._dirty.get(key)
         if value is not None:
             return None if value is DELETED else value
-        raw = self.store.get(key)
+        value = self._cache.get(key)
+        if value is not None:
+            return value
+        if key in self._flushing:
+            raw = self._flushing[key]
+        else:
+            raw = self.store.get(key)
         return None if raw is None else orjson.loads(raw)
 
     def set(self, key: bytes, value: Any) -> None:
@@ -79,10 +95,22 @@ class PartitionTransaction:
         first: list[tuple[bytes, bytes | None]] = []
         middle: list[tuple[bytes, bytes | None]] = []
         last: list[tuple[bytes, bytes | None]] = []
+        cache = self._cache
         for key, value in self._dirty.items():
             if value is DELETED:
                 (last if key.startswith(TIMER_PREFIX) else middle).append((key, None))
+                cache.pop(key, None)
             else:
                 (first if key.startswith(TIMER_PREFIX) else middle).append((key, orjson.dumps(value)))
+                cache.pop(key, None)  # re-inserted last: the cache forgets the least recently written
+                cache[key] = value
+        while len(cache) > self.cache_keys:
+            del cache[next(iter(cache))]
         self._dirty = {}
-        return first + middle + last
+        items = first + middle + last
+        self._flushing = dict(items)
+        return items
+
+    def flushed(self) -> None:
+        """The taken writes are in the store: stop shadowing it."""
+        self._flushing = {}

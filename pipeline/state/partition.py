@@ -24,8 +24,8 @@ class PartitionState:
     pending: int = 0  # live timers (the heap may still hold cancelled ones)
 
     @classmethod
-    def open(cls, partition: int, store: Store) -> "PartitionState":
-        state = cls(partition, store, PartitionTransaction(store))
+    def open(cls, partition: int, store: Store, cache_keys: int = 10_000) -> "PartitionState":
+        state = cls(partition, store, PartitionTransaction(store, cache_keys))
         state.reload_timers()
         return state
 

@@ -26,6 +26,11 @@ def test_transaction_reads_its_own_writes_and_orders_timer_index_safely() -> Non
     assert [k for k, _ in items] == [b"t:0001|a", b"customer_id:C1", b"t:0000|b"]
     assert items[-1][1] is None
     assert not txn
+    # Until the background flush reports back, reads see the taken values, not the stale store.
+    assert txn.get(b"customer_id:C1") == {"n": 1} and txn.get(b"t:0000|b") is None
+    store.write(items, 0)
+    txn.flushed()
+    assert txn.get(b"customer_id:C1") == {"n": 1}
 
 
 def test_rocksdb_store_keeps_data_and_offset_together(tmp_path: Path) -> None:
