@@ -47,7 +47,7 @@ class Settings(BaseModel):
     max_uncommitted_keys: int = Field(
         10_000, description="checkpoint early when this many changed keys wait in memory (bounds RSS)"
     )
-    state_cache_keys: int = Field(10_000, description="decoded values kept per state partition after a checkpoint")
+    state_cache_keys: int = Field(2_000, description="decoded values kept per state partition after a checkpoint")
     rocksdb_write_buffer_mb: int = Field(8, description="RocksDB memtable size per state partition")
     poll_timeout_ms: int = 20
     # Tansu answers a Fetch only when its max wait runs out, even once data has

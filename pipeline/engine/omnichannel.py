@@ -52,8 +52,8 @@ class OmnichannelJob(Job):
         self.partition_counts = {settings.topic(name): spec.partitions for name, spec in specs.items()}
         self.latencies: list[float] = []
         # Repartitioned values start with 16 bytes: this id when this process applied the event
-        # at ingest, zeros otherwise. A value prefix, not a header: aiokafka encodes and
-        # decodes headers in Python, which cost a fifth of the worker's throughput.
+        # at ingest, zeros otherwise. A value prefix, not a header: aiokafka builds and parses
+        # headers in Python, and a header per record was measurably slower here.
         self.applied_here = uuid.uuid4().bytes
 
     def on_source(

@@ -54,7 +54,7 @@ class PartitionTransaction:
 
     __slots__ = ("store", "cache_keys", "_dirty", "_cache", "_flushing")
 
-    def __init__(self, store: Store, cache_keys: int = 10_000) -> None:
+    def __init__(self, store: Store, cache_keys: int = 2_000) -> None:
         self.store = store
         self.cache_keys = cache_keys
         self._dirty: dict[bytes, Any] = {}

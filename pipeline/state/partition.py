@@ -24,7 +24,7 @@ class PartitionState:
     pending: int = 0  # live timers (the heap may still hold cancelled ones)
 
     @classmethod
-    def open(cls, partition: int, store: Store, cache_keys: int = 10_000) -> "PartitionState":
+    def open(cls, partition: int, store: Store, cache_keys: int = 2_000) -> "PartitionState":
         state = cls(partition, store, PartitionTransaction(store, cache_keys))
         state.reload_timers()
         return state
