@@ -126,9 +126,12 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from pipeline.bench.run import run_bench
+    from pipeline.bench.run import latency_at, run_bench
 
-    run_bench(Settings.from_env(), events=args.events, out=Path(args.out), profiles=args.profiles)
+    if args.latency_at:
+        print(latency_at(Settings.from_env(), args.latency_at))
+    else:
+        run_bench(Settings.from_env(), events=args.events, out=Path(args.out), profiles=args.profiles)
 
 
 def cmd_schemas(args: argparse.Namespace) -> None:
@@ -184,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="throughput benchmark")
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--profiles", type=int, default=1_000_000, help="profiles for the memory and recovery figures (0 skips)")
+    p.add_argument("--latency-at", type=float, default=None, metavar="RATE", help="only measure latency at this rate")
     p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
     p.set_defaults(func=cmd_bench)
 

@@ -290,6 +290,13 @@ def _latency(base: Settings, rate: float, tmp: Path, seconds: float = 15.0) -> F
     return {"rate": round(rate), "actions": len(latencies), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
 
 
+def latency_at(settings: Settings, rate: float, seconds: float = 10.0) -> Figures:
+    """Only the latency measurement, at a rate of your choice (``omni bench --latency-at RATE``)."""
+    with _broker(settings) as base, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        return _latency(base.model_copy(update={"state_dir": tmp / "state"}), rate, tmp, seconds)
+
+
 # --- 6. memory and recovery ------------------------------------------------------------------------------
 
 
