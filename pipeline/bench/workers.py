@@ -10,10 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import urllib.request
 
+import orjson
+
 from pipeline.ops.broker import free_port
+from pipeline.ops.process import die_with_parent
 from pipeline.ops.watch import scrape
 from pipeline.settings import Settings
 
@@ -38,8 +40,9 @@ class WorkerProcess:
             "OMNI_CATALOGUE_FILE": str(catalogue or settings.catalogue_file),
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT
-        )
+            [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
         return cls(proc, port, log)
 
     def metrics(self) -> dict[str, float]:

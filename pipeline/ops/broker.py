@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from pipeline.ops.process import die_with_parent
 from pipeline.settings import Settings
 
 
@@ -59,6 +60,7 @@ class EmbeddedBroker:
             # Its own session: a Ctrl-C in the terminal must not kill the broker before
             # the workers have taken their last checkpoint against it.
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -9,7 +9,6 @@ children SIGTERM (PR_SET_PDEATHSIG), so no broker or worker is left orphaned.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import shutil
 import signal
@@ -21,19 +20,12 @@ from pathlib import Path
 
 from pipeline.actions.catalogue import Catalogue
 from pipeline.ops.broker import EmbeddedBroker, free_port
+from pipeline.ops.process import die_with_parent
 from pipeline.ops.topics import apply_topics, load_topics
 from pipeline.ops.watch import watch
 from pipeline.settings import PACKAGE_DATA, Settings
 
 RUN_DIR = Path(".run")
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: Ctrl-C handling below still stops the children
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -43,7 +35,7 @@ def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
 
 
