@@ -17,7 +17,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 
 from pipeline.actions.catalogue import Catalogue
 from pipeline.actions.consumables import ConsumablesFollowUp, Suppressed, TimerChange

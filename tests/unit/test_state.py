@@ -1,7 +1,5 @@
-import heapq
 from pathlib import Path
 
-import orjson
 
 from pipeline.engine.processor import Processor
 from pipeline.state.partition import PartitionState, timer_key
