@@ -97,11 +97,18 @@ class PartitionTransaction:
         last: list[tuple[bytes, bytes | None]] = []
         cache = self._cache
         for key, value in self._dirty.items():
-            if value is DELETED:
-                (last if key.startswith(TIMER_PREFIX) else middle).append((key, None))
+            if key.startswith(TIMER_PREFIX):
+                # Timer-index entries are never read back through the transaction: caching
+                # them would only push customers' profiles out of the cache.
+                if value is DELETED:
+                    last.append((key, None))
+                else:
+                    first.append((key, orjson.dumps(value)))
+            elif value is DELETED:
+                middle.append((key, None))
                 cache.pop(key, None)
             else:
-                (first if key.startswith(TIMER_PREFIX) else middle).append((key, orjson.dumps(value)))
+                middle.append((key, orjson.dumps(value)))
                 cache.pop(key, None)  # re-inserted last: the cache forgets the least recently written
                 cache[key] = value
         while len(cache) > self.cache_keys:
