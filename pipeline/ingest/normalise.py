@@ -54,10 +54,17 @@ def normalise_one(kind: str, value: str, region: str) -> tuple[str | None, str |
 
 
 def normalise_identifiers(raw: dict[str, str | None], region: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Return (clean identifiers, [(type, reason) dropped])."""
+    """Return (clean identifiers, [(type, reason) dropped]); the caller owns both."""
+    clean, dropped = _normalise_all(tuple(raw.items()), region)
+    return dict(clean), list(dropped)
+
+
+@lru_cache(maxsize=1 << 16)
+def _normalise_all(raw: tuple[tuple[str, str | None], ...], region: str) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    # One lookup for the whole set: a customer sends the same identifiers event after event.
     clean: dict[str, str] = {}
     dropped: list[tuple[str, str]] = []
-    for kind, value in raw.items():
+    for kind, value in raw:
         if value is None:
             continue
         norm, reason = normalise_one(kind, value, region)
@@ -65,4 +72,4 @@ def normalise_identifiers(raw: dict[str, str | None], region: str) -> tuple[dict
             dropped.append((kind, reason or "invalid"))
         else:
             clean[kind] = norm
-    return clean, dropped
+    return clean, tuple(dropped)

@@ -8,7 +8,7 @@ model the profile API returns.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -46,8 +46,8 @@ def new_profile(key: str) -> dict[str, Any]:
 
 
 def event_digest(event_id: str) -> str:
-    """64 bits of BLAKE2b in 11 URL-safe base64 characters: stable across processes, unlike hash()."""
-    return base64.urlsafe_b64encode(hashlib.blake2b(event_id.encode(), digest_size=8).digest())[:DIGEST_CHARS].decode()
+    """64 bits of BLAKE2b in 11 base64 characters: stable across processes, unlike hash()."""
+    return binascii.b2a_base64(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), newline=False)[:DIGEST_CHARS].decode()
 
 
 def seen_before(profile: dict[str, Any], event_id: str, limits: ProfileLimits) -> bool:
