@@ -47,6 +47,9 @@ class Settings(BaseModel):
     max_uncommitted_keys: int = Field(
         10_000, description="checkpoint early when this many changed keys wait in memory (bounds RSS)"
     )
+    checkpoint_slice_ms: float = Field(
+        5.0, description="encoding time a checkpoint may take between two batches (it is spread out, not one stall)"
+    )
     state_cache_keys: int = Field(2_000, description="decoded values kept per state partition after a checkpoint")
     rocksdb_write_buffer_mb: int = Field(8, description="RocksDB memtable size per state partition")
     poll_timeout_ms: int = 20

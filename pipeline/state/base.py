@@ -9,6 +9,7 @@ changelog record and one RocksDB put, not 40.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +29,11 @@ class Store(ABC):
 
     @abstractmethod
     def write(self, items: list[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
-        """Apply puts (value) and deletes (None) and the offset atomically."""
+        """Apply puts (value) and deletes (None) and the offset atomically.
+
+        The engine calls this from a worker thread while the loop goes on reading
+        the store: a store must allow reads during a write.
+        """
 
     @abstractmethod
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
@@ -45,79 +50,111 @@ class Store(ABC):
 
 
 class PartitionTransaction:
-    """Uncommitted writes of one partition since the last checkpoint.
+    """Uncommitted writes of one partition, and the checkpoint being made of them.
 
-    A checkpoint takes the writes (:meth:`take`) and makes them durable in the
-    background while processing goes on; until it reports :meth:`flushed`,
-    reads see the taken values, which the store does not have yet.
+    A checkpoint is a snapshot of the writes at one moment (:meth:`snapshot`, O(1)),
+    encoded a slice at a time between batches (:meth:`encode`) and then made durable
+    in the background while processing goes on. Encoding thousands of profiles at
+    once would stall the loop for tens of milliseconds, and every event arriving
+    meanwhile would wait; spread out, the stall disappears into the batches.
+
+    The snapshot is copy-on-write: values are mutable Python objects, so before a
+    key still waiting in the snapshot is read or written again, its snapshot value
+    is encoded first. The checkpoint thus holds exactly the state as of its
+    offsets, never a later event's effect. Until :meth:`flushed`, reads see the
+    encoded values, which the store does not have yet.
     """
 
-    __slots__ = ("store", "cache_keys", "_dirty", "_cache", "_flushing")
+    __slots__ = ("store", "cache_keys", "_dirty", "_snapshot", "_encoded", "_order", "_cache")
 
     def __init__(self, store: Store, cache_keys: int = 2_000) -> None:
         self.store = store
         self.cache_keys = cache_keys
-        self._dirty: dict[bytes, Any] = {}
+        self._dirty: dict[bytes, Any] = {}  # written since the last snapshot
+        self._snapshot: dict[bytes, Any] = {}  # in the checkpoint, not encoded yet
+        self._encoded: dict[bytes, bytes | None] = {}  # in the checkpoint, encoded, not in the store yet
+        # Changelog order, because a crash can land any prefix of it: new timer-index
+        # entries first and removed ones last, so every timer a profile holds always
+        # has its index entry and none is lost.
+        self._order: tuple[list[bytes], list[bytes], list[bytes]] = ([], [], [])
         # Decoded values of recently written keys: a busy customer is decoded from JSON
         # once, not again after every checkpoint.
         self._cache: dict[bytes, Any] = {}
-        self._flushing: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> Any | None:
         value = self._dirty.get(key)
         if value is not None:
             return None if value is DELETED else value
+        if key in self._snapshot:
+            self._encode_key(key)  # the caller may change the value: the snapshot keeps it as it was
         value = self._cache.get(key)
         if value is not None:
             return value
-        if key in self._flushing:
-            raw = self._flushing[key]
-        else:
-            raw = self.store.get(key)
+        raw = self._encoded[key] if key in self._encoded else self.store.get(key)
         return None if raw is None else orjson.loads(raw)
 
     def set(self, key: bytes, value: Any) -> None:
+        if key in self._snapshot:
+            self._encode_key(key)
         self._dirty[key] = value
 
     def delete(self, key: bytes) -> None:
-        self._dirty[key] = DELETED
+        self.set(key, DELETED)
 
     def __len__(self) -> int:
         return len(self._dirty)
 
-    def take(self) -> list[tuple[bytes, bytes | None]]:
-        """Encode and hand over the pending writes, emptying the transaction.
+    # --- checkpoints ---------------------------------------------------------------
 
-        Order matters because a crash can land any prefix of the changelog:
-        new timer-index entries go first and removed ones last, so that every
-        timer a profile holds always has its index entry and none is lost.
-        """
-        first: list[tuple[bytes, bytes | None]] = []
-        middle: list[tuple[bytes, bytes | None]] = []
-        last: list[tuple[bytes, bytes | None]] = []
-        cache = self._cache
-        for key, value in self._dirty.items():
-            if key.startswith(TIMER_PREFIX):
-                # Timer-index entries are never read back through the transaction: caching
-                # them would only push customers' profiles out of the cache.
-                if value is DELETED:
-                    last.append((key, None))
-                else:
-                    first.append((key, orjson.dumps(value)))
-            elif value is DELETED:
-                middle.append((key, None))
-                cache.pop(key, None)
-            else:
-                middle.append((key, orjson.dumps(value)))
-                cache.pop(key, None)  # re-inserted last: the cache forgets the least recently written
-                cache[key] = value
-        while len(cache) > self.cache_keys:
-            del cache[next(iter(cache))]
-        self._dirty = {}
-        items = first + middle + last
-        self._flushing = dict(items)
-        return items
+    def snapshot(self) -> None:
+        """Start a checkpoint of everything written so far."""
+        assert not self._snapshot and not self._encoded, "the previous checkpoint is not flushed"
+        self._snapshot, self._dirty = self._dirty, {}
+
+    def encode(self, limit: int) -> bool:
+        """Encode up to ``limit`` keys of the snapshot; True when all of it is encoded."""
+        snapshot = self._snapshot
+        for key in list(itertools.islice(snapshot, limit)):
+            self._encode_key(key)
+        return not snapshot
+
+    def taken(self) -> list[tuple[bytes, bytes | None]]:
+        """The encoded snapshot, in changelog order."""
+        assert not self._snapshot, "the snapshot is not fully encoded"
+        encoded = self._encoded
+        return [(key, encoded[key]) for keys in self._order for key in keys]
+
+    def take(self) -> list[tuple[bytes, bytes | None]]:
+        """Snapshot and encode everything at once (for a drain, and for tests)."""
+        self.snapshot()
+        self.encode(len(self._snapshot))
+        return self.taken()
 
     def flushed(self) -> None:
         """The taken writes are in the store: stop shadowing it."""
-        self._flushing = {}
+        self._encoded = {}
+        self._order = ([], [], [])
+        cache = self._cache
+        while len(cache) > self.cache_keys:
+            del cache[next(iter(cache))]
+
+    def _encode_key(self, key: bytes) -> None:
+        value = self._snapshot.pop(key)
+        first, middle, last = self._order
+        if key.startswith(TIMER_PREFIX):
+            # Timer-index entries are never read back through the transaction: caching
+            # them would only push customers' profiles out of the cache.
+            if value is DELETED:
+                self._encoded[key] = None
+                last.append(key)
+            else:
+                self._encoded[key] = orjson.dumps(value)
+                first.append(key)
+            return
+        middle.append(key)
+        self._cache.pop(key, None)  # re-inserted last: the cache forgets the least recently written
+        if value is DELETED:
+            self._encoded[key] = None
+        else:
+            self._encoded[key] = orjson.dumps(value)
+            self._cache[key] = value

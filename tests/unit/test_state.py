@@ -31,6 +31,28 @@ def test_transaction_reads_its_own_writes_and_orders_timer_index_safely() -> Non
     assert txn.get(b"customer_id:C1") == {"n": 1}
 
 
+def test_a_snapshot_encoded_in_slices_keeps_each_value_as_it_was_when_taken() -> None:
+    store = MemoryStore()
+    txn = PartitionTransaction(store)
+    for n in range(10):
+        txn.set(f"c{n}".encode(), {"n": n})
+    txn.snapshot()
+    assert not txn.encode(3)  # a slice: the rest waits for the next batch
+    # A later event changes c9 in place before the checkpoint reached it: the checkpoint
+    # must still hold c9 as of its offsets, not the later change.
+    profile = txn.get(b"c9")
+    profile["n"] = 99
+    txn.set(b"c9", profile)
+    txn.set(b"c8", {"n": 88})
+    assert txn.encode(100)
+    taken = dict(txn.taken())
+    assert taken[b"c9"] == b'{"n":9}' and taken[b"c8"] == b'{"n":8}' and len(taken) == 10
+    assert txn.get(b"c9") == {"n": 99} and len(txn) == 2  # the new values wait for the next checkpoint
+    store.write(list(taken.items()), 0)
+    txn.flushed()
+    assert txn.take() == [(b"c9", b'{"n":99}'), (b"c8", b'{"n":88}')]
+
+
 def test_rocksdb_store_keeps_data_and_offset_together(tmp_path: Path) -> None:
     store = RocksDBStore(tmp_path / "p0")
     assert store.changelog_offset() == -1
