@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -221,8 +222,43 @@ def _instant_catalogue(tmp: Path) -> Path:
     return path
 
 
-async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, seconds: float) -> list[float]:
+@dataclass(frozen=True, slots=True)
+class Paced:
+    """One tick of pre-generated traffic, grouped by topic partition."""
+
+    records: dict[tuple[str, int], list[Record]]
+    purchase_ids: list[str]
+
+
+def _paced_batches(settings: Settings, catalogue: Catalogue, rate: float, seconds: float, tick: float) -> list[Paced]:
+    """All the traffic of the run, generated before it starts and grouped per tick.
+
+    Generating simulator journeys costs about as much CPU as processing them: done
+    during the run, on a 2-core machine, the load generator would compete with the
+    worker and the broker, and the figure would measure that contention.
+    """
     population = Population(catalogue, customers=5000, seed=9)
+    specs = load_topics(settings.topics_file)
+    paced: list[Paced] = []
+    owed = 0.0
+    for _ in range(int(seconds / tick)):
+        owed += rate * tick
+        batch: list[Produced] = []
+        while len(batch) < owed:
+            batch.extend(population.journey(time.time()))
+        owed -= len(batch)
+        grouped: dict[tuple[str, int], list[Record]] = {}
+        purchases = [orjson.loads(rec.value)["event_id"] for rec in batch if b'"purchase"' in rec.value]
+        for rec in batch:
+            topic = settings.topic(rec.topic)
+            grouped.setdefault((topic, kafka.partition_for(rec.key, specs[rec.topic].partitions)), []).append(Record(rec.key, rec.value))
+        paced.append(Paced(grouped, purchases))
+    return paced
+
+
+async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, seconds: float) -> list[float]:
+    tick = 0.02
+    paced = _paced_batches(settings, catalogue, rate, seconds, tick)
     specs = load_topics(settings.topics_file)
     producer = kafka.producer(settings)
     consumer = kafka.consumer(settings)
@@ -245,24 +281,15 @@ async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, se
                         latencies.append(now - sent_at[trigger])
 
     reader = asyncio.create_task(read_actions())
-    tick, owed, started = 0.02, 0.0, time.monotonic()
+    started = time.monotonic()
     try:
-        while time.monotonic() - started < seconds:
-            owed += rate * tick
-            batch: list[Produced] = []
-            while len(batch) < owed:
-                batch.extend(population.journey(time.time()))
-            owed -= len(batch)
-            grouped: dict[tuple[str, int], list[Record]] = {}
+        for i, batch in enumerate(paced):
+            await asyncio.sleep(max(0.0, started + i * tick - time.monotonic()))
             now = time.time()
-            for rec in batch:
-                if b'"purchase"' in rec.value:
-                    sent_at[orjson.loads(rec.value)["event_id"]] = now
-                topic = settings.topic(rec.topic)
-                grouped.setdefault((topic, kafka.partition_for(rec.key, specs[rec.topic].partitions)), []).append(Record(rec.key, rec.value))
-            for (topic, partition), recs in grouped.items():
+            for event_id in batch.purchase_ids:
+                sent_at[event_id] = now
+            for (topic, partition), recs in batch.records.items():
                 await kafka.send_records(producer, topic, partition, recs)
-            await asyncio.sleep(max(0.0, tick - (time.monotonic() - started) % tick))
         await asyncio.sleep(1.0)  # let the last actions arrive
     finally:
         reader.cancel()
