@@ -43,7 +43,10 @@ class Settings(BaseModel):
     session_timeout_ms: int = 6000
     heartbeat_interval_ms: int = 1000
     rebalance_timeout_ms: int = 6000
-    commit_interval_s: float = Field(1.0, description="how often state, changelog and offsets are checkpointed")
+    # Quix Streams' default too. Longer means fewer changelog records (a busy customer's
+    # profile is written once per interval, however many events it had) at the price of
+    # a longer replay after a crash; outputs never wait for it.
+    commit_interval_s: float = Field(5.0, description="how often state, changelog and offsets are checkpointed")
     max_uncommitted_keys: int = Field(
         10_000, description="checkpoint early when this many changed keys wait in memory (bounds RSS)"
     )

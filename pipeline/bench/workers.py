@@ -38,6 +38,7 @@ class WorkerProcess:
             "OMNI_STATE_DIR": str(settings.state_dir),
             "OMNI_WEB_PORT": str(port),
             "OMNI_CATALOGUE_FILE": str(catalogue or settings.catalogue_file),
+            "OMNI_COMMIT_INTERVAL_S": str(settings.commit_interval_s),
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,

@@ -27,6 +27,7 @@ def wait_metric(worker: WorkerProcess, check: Callable[[dict[str, float]], bool]
 
 
 async def test_sigkilled_worker_restarted_emits_pending_action_exactly_once(settings: Settings, tmp_path: Path) -> None:
+    settings = settings.model_copy(update={"commit_interval_s": 1.0})  # checkpoints well before the timer is due
     await create_topics(settings)
     catalogue = catalogue_with_delay(tmp_path, "10s")
     await produce(settings, "channel.store", [orjson.dumps(purchase("K1", "ev-k1", ["PRN-300"], channel="store"))], key=b"K1")
