@@ -28,7 +28,7 @@ class Record:
     timestamp_ms: int | None = None
 
 
-@lru_cache(maxsize=1 << 17)
+@lru_cache(maxsize=1 << 15)
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (murmur2), so our keys land where Java clients' would.
 

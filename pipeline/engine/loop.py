@@ -13,9 +13,10 @@ Guarantees (at-least-once delivery, idempotent effects):
   encodes the snapshot a slice at a time between batches, and then, in the
   background while processing goes on, (1) waits until every output is
   acknowledged, (2) writes each partition's changed keys to its changelog and
-  then to RocksDB with the changelog offset, (3) only then commits consumer offsets. A crash at any point replays records
-  whose effects are either absent from state or recognised by the job (the
-  omnichannel job keeps a window of event ids per profile).
+  then to RocksDB with the changelog offset, (3) only then commits consumer
+  offsets. A crash at any point replays records whose effects are either absent
+  from state or recognised by the job (the omnichannel job keeps a window of
+  event ids per profile).
 * Timers live in state (see ``pipeline.state.partition``) and are durable from
   the first checkpoint after they were scheduled.
 """
@@ -126,14 +127,15 @@ class Engine:
                 busy = time.monotonic() - started
                 if batches:
                     self.metrics.batch_seconds.observe(busy)
+                uncommitted = sum(len(st.txn) for st in self.state.values())
                 if self._building is not None:
-                    # A slice of encoding per batch; under heavy load, when batches are long
-                    # anyway, a larger one, so the checkpoint keeps up with the writes.
-                    self._encode_checkpoint(max(s.checkpoint_slice_ms / 1000, busy / 4))
-                elif (
-                    time.monotonic() - self.last_checkpoint >= s.commit_interval_s
-                    or sum(len(st.txn) for st in self.state.values()) >= s.max_uncommitted_keys
-                ):
+                    # A slice of encoding per batch, a larger one when batches are long anyway.
+                    # Past the memory bound, the whole snapshot at once: with a million
+                    # customers every event dirties a new key, slices could not keep up, and
+                    # the keys waiting in memory grew without bound (3.9 GB measured).
+                    over = uncommitted >= s.max_uncommitted_keys
+                    self._encode_checkpoint(math.inf if over else max(s.checkpoint_slice_ms / 1000, busy / 4))
+                elif time.monotonic() - self.last_checkpoint >= s.commit_interval_s or uncommitted >= s.max_uncommitted_keys:
                     await self.checkpoint()
                     self._encode_checkpoint(s.checkpoint_slice_ms / 1000)
             if time.monotonic() - last_lag >= 1.0:

@@ -39,7 +39,7 @@ def normalise_phone(value: str, region: str) -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
-@lru_cache(maxsize=1 << 18)
+@lru_cache(maxsize=1 << 15)
 def normalise_one(kind: str, value: str, region: str) -> tuple[str | None, str | None]:
     """(normalised value, None) or (None, reason dropped). Cached: a customer's identifiers recur."""
     if is_junk(value):
@@ -59,7 +59,7 @@ def normalise_identifiers(raw: dict[str, str | None], region: str) -> tuple[dict
     return dict(clean), list(dropped)
 
 
-@lru_cache(maxsize=1 << 16)
+@lru_cache(maxsize=1 << 15)
 def _normalise_all(raw: tuple[tuple[str, str | None], ...], region: str) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
     # One lookup for the whole set: a customer sends the same identifiers event after event.
     clean: dict[str, str] = {}
