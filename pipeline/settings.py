@@ -50,6 +50,9 @@ class Settings(BaseModel):
     max_uncommitted_keys: int = Field(
         10_000, description="checkpoint early when this many changed keys wait in memory (bounds RSS)"
     )
+    output_flush_ms: float = Field(
+        10.0, description="during a long batch, outputs due so far are sent this often instead of at its end"
+    )
     checkpoint_slice_ms: float = Field(
         5.0, description="encoding time a checkpoint may take between two batches (it is spread out, not one stall)"
     )
