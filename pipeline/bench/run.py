@@ -42,6 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pipeline import kafka
 from pipeline.actions.catalogue import Catalogue
 from pipeline.bench.reference import PARTITIONS, TOPIC_CONFIG, ReferenceJob, reference_records
+from pipeline.ingest.contract import CUSTOMER_CHANNELS
 from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
 from pipeline.engine.loop import Engine
 from pipeline.kafka import Record
@@ -256,7 +257,13 @@ def _paced_batches(settings: Settings, catalogue: Catalogue, rate: float, second
     return paced
 
 
-async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, seconds: float) -> list[float]:
+async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, seconds: float, floor: bool) -> list[float]:
+    """Send paced traffic; return, for each durable purchase, send to action received.
+
+    With ``floor``, no worker runs and the purchase itself is read back from its input
+    topic: one trip through the broker at the same rate and batching, the least any
+    consumer of these topics can see.
+    """
     tick = 0.02
     paced = _paced_batches(settings, catalogue, rate, seconds, tick)
     specs = load_topics(settings.topics_file)
@@ -264,23 +271,29 @@ async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, se
     consumer = kafka.consumer(settings)
     await producer.start()
     await consumer.start()
-    action_tps = [TopicPartition(settings.topic(f"actions.{c}"), p) for c in ("email", "sms", "push") for p in range(specs[f"actions.{c}"].partitions)]  # fmt: skip
-    consumer.assign(action_tps)
-    for tp in action_tps:
+    watched = [f"channel.{c}" for c in CUSTOMER_CHANNELS] if floor else [f"actions.{c}" for c in ("email", "sms", "push")]
+    tps = [TopicPartition(settings.topic(name), p) for name in watched for p in range(specs[name].partitions)]
+    consumer.assign(tps)
+    for tp in tps:
         consumer.seek(tp, 0)
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
 
-    async def read_actions() -> None:
+    def trigger_of(value: bytes) -> str | None:
+        if floor:
+            return orjson.loads(value)["event_id"] if b'"purchase"' in value else None
+        return orjson.loads(value)["trigger_event_ids"][0]  # type: ignore[no-any-return]
+
+    async def read() -> None:
         while True:
             for records in (await consumer.getmany(timeout_ms=5)).values():
                 now = time.time()
                 for rec in records:
-                    trigger = orjson.loads(rec.value)["trigger_event_ids"][0]
+                    trigger = trigger_of(rec.value)
                     if trigger in sent_at:
                         latencies.append(now - sent_at[trigger])
 
-    reader = asyncio.create_task(read_actions())
+    reader = asyncio.create_task(read())
     started = time.monotonic()
     try:
         for i, batch in enumerate(paced):
@@ -298,23 +311,32 @@ async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, se
     return latencies
 
 
+def _percentiles(latencies: list[float]) -> Figures:
+    ordered = sorted(latencies)
+    if not ordered:
+        return {"actions": 0}
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+
+    return {"actions": len(ordered), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+
+
 def _latency(base: Settings, rate: float, tmp: Path, seconds: float = 15.0) -> Figures:
     settings = base.model_copy(update={"topic_prefix": f"lat-{uuid.uuid4().hex[:6]}.", "state_dir": tmp / "lat"})
     asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
     catalogue_path = _instant_catalogue(tmp)
+    catalogue = Catalogue.load(catalogue_path)
     worker = WorkerProcess.start(settings, tmp / "latency-worker.log", catalogue=catalogue_path)
     try:
         wait_ready([worker], load_topics(settings.topics_file)[REPARTITION].partitions)
-        latencies = sorted(asyncio.run(_latency_run(settings, Catalogue.load(catalogue_path), rate, seconds)))
+        figures = {"rate": round(rate), **_percentiles(asyncio.run(_latency_run(settings, catalogue, rate, seconds, floor=False)))}
     finally:
         worker.stop()
-    if not latencies:
-        return {"rate": round(rate), "actions": 0}
-
-    def pct(q: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 1)
-
-    return {"rate": round(rate), "actions": len(latencies), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}
+    floor = settings.model_copy(update={"topic_prefix": f"floor-{uuid.uuid4().hex[:6]}."})
+    asyncio.run(apply_topics(floor, load_topics(floor.topics_file)))
+    figures["broker_floor"] = _percentiles(asyncio.run(_latency_run(floor, catalogue, rate, seconds, floor=True)))
+    return figures
 
 
 def latency_at(settings: Settings, rate: float, seconds: float = 10.0) -> Figures:
@@ -473,6 +495,12 @@ def render(f: Figures) -> str:
         f"| ingest-to-action latency at {lat['rate']:,} events/s (half the 1-worker maximum) | "
         f"p50 {lat.get('p50_ms')} ms, p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms ({lat['actions']:,} actions) |",
     ]
+    if "broker_floor" in lat:
+        b = lat["broker_floor"]
+        lines.append(
+            f"| the broker's floor: the same traffic read back from its input topics, no worker | "
+            f"p50 {b.get('p50_ms')} ms, p95 {b.get('p95_ms')} ms, p99 {b.get('p99_ms')} ms |"
+        )
     if "profiles" in f:
         p = f["profiles"]
         lines += [
