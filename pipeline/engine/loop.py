@@ -173,6 +173,8 @@ class Engine:
                 emitted, now = time.monotonic(), time.time()
         await self._emit(now)
         job.report(self.metrics)
+        if batches:
+            self.metrics.last_processed.set(time.time())
         self.metrics.timers_pending.set(sum(s.pending for s in self.state.values()))
 
     async def _emit(self, now: float) -> None:

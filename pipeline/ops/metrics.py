@@ -69,6 +69,10 @@ class Metrics:
         )
         self.state_restored = Counter("omni_state_restored_records", "Changelog records replayed into local state", registry=r)
         self.restore_seconds = Gauge("omni_state_restore_seconds", "Duration of the last state restore from the changelog", registry=r)
+        self.last_processed = Gauge(
+            "omni_last_record_processed_timestamp_seconds", "Wall-clock time the worker last processed a batch of records",
+            registry=r,
+        )  # fmt: skip
         self.partitions_owned = Gauge("omni_partitions_owned", "State partitions this worker owns", registry=r)
 
     @staticmethod
