@@ -128,8 +128,12 @@ class Engine:
             batches = await self.consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
             if self.stopping.is_set():
                 break
-            await _let_fetcher_send()
-            async with self.lock:
+            async with self.lock:  # held from here: a rebalance must not take these records' partitions
+                # A rebalance may have run while we waited for the lock: records of partitions
+                # taken from us are their new owner's, who reads them from the last commit.
+                assigned = self.consumer.assignment()
+                batches = {tp: records for tp, records in batches.items() if tp in assigned and self._owns(tp)}
+                await _let_fetcher_send()
                 started = time.monotonic()
                 await self._process(batches)
                 busy = time.monotonic() - started
@@ -176,6 +180,9 @@ class Engine:
         if batches:
             self.metrics.last_processed.set(time.time())
         self.metrics.timers_pending.set(sum(s.pending for s in self.state.values()))
+
+    def _owns(self, tp: TopicPartition) -> bool:
+        return tp.topic != self.job.state_topic or tp.partition in self.state
 
     async def _emit(self, now: float) -> None:
         """Fire due timers and send everything the outbox holds."""
