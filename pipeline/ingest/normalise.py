@@ -54,17 +54,10 @@ def normalise_one(kind: str, value: str, region: str) -> tuple[str | None, str |
 
 
 def normalise_identifiers(raw: dict[str, str | None], region: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Return (clean identifiers, [(type, reason) dropped]); the caller owns both."""
-    clean, dropped = _normalise_all(tuple(raw.items()), region)
-    return dict(clean), list(dropped)
-
-
-@lru_cache(maxsize=1 << 15)
-def _normalise_all(raw: tuple[tuple[str, str | None], ...], region: str) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
-    # One lookup for the whole set: a customer sends the same identifiers event after event.
+    """Return (clean identifiers, [(type, reason) dropped])."""
     clean: dict[str, str] = {}
     dropped: list[tuple[str, str]] = []
-    for kind, value in raw:
+    for kind, value in raw.items():
         if value is None:
             continue
         norm, reason = normalise_one(kind, value, region)
@@ -72,4 +65,4 @@ def _normalise_all(raw: tuple[tuple[str, str | None], ...], region: str) -> tupl
             dropped.append((kind, reason or "invalid"))
         else:
             clean[kind] = norm
-    return clean, tuple(dropped)
+    return clean, dropped
