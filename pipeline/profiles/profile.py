@@ -103,11 +103,14 @@ def apply_event(profile: dict[str, Any], event: dict[str, Any], limits: ProfileL
 def _remember_identifiers(profile: dict[str, Any], identifiers: dict[str, str], limits: ProfileLimits) -> None:
     known: dict[str, list[str]] = profile["identifiers"]
     for kind, value in identifiers.items():
-        values = known.setdefault(kind, [])
-        if value in values:
-            if values[-1] != value:  # most recently used last: channel choice takes the last
-                values.remove(value)
-                values.append(value)
+        values = known.get(kind)
+        if values is None:
+            known[kind] = [value]
+        elif values[-1] == value:  # the usual case: the same identifier as last time
+            continue
+        elif value in values:  # most recently used last: channel choice takes the last
+            values.remove(value)
+            values.append(value)
         elif len(values) < limits.identifiers_per_type:
             values.append(value)
 
