@@ -27,9 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pipeline import kafka
 from pipeline.actions.catalogue import Catalogue
 from pipeline.bench.reference import PARTITIONS, TOPIC_CONFIG, ReferenceJob, reference_records
-from pipeline.ingest.contract import CUSTOMER_CHANNELS
 from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
 from pipeline.engine.loop import Engine
+from pipeline.ingest.contract import CUSTOMER_CHANNELS
 from pipeline.kafka import Record
 from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.metrics import Metrics
@@ -168,7 +168,8 @@ async def _engine_reference(settings: Settings, in_topic: str, out_topic: str, c
 
 def _simulator_records(catalogue: Catalogue, events: int, customers: int = 5000, bad_rate: float = 0.005) -> list[Produced]:
     population = Population(catalogue, customers=customers, seed=42, bad_rate=bad_rate)
-    now, records = time.time(), []
+    now = time.time()
+    records: list[Produced] = []
     while len(records) < events:
         records.extend(population.journey(now))
     return records[:events]

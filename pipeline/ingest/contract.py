@@ -11,7 +11,7 @@ not use yet without being dead-lettered for it.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union, get_args, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_type_hints
 
 from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import NotRequired, TypedDict
@@ -46,10 +46,18 @@ class Props(TypedDict):
 
 @with_config(_CLOSED)
 class _Event(TypedDict):
+    """What every event carries; each event type adds its ``type`` and ``properties``."""
+
     event_id: Id
     channel: Channel
     occurred_at: AwareDatetime
     identifiers: NotRequired[Identifiers]
+
+
+@with_config(_CLOSED)
+class _PlainEvent(_Event):
+    """An event type that needs no properties (any it is sent are kept)."""
+
     properties: NotRequired[Props]
 
 
@@ -129,7 +137,7 @@ class OrderReadyProps(Props):
 
 
 @with_config(_CLOSED)
-class PageView(_Event):
+class PageView(_PlainEvent):
     type: Literal["page_view"]
 
 
@@ -152,7 +160,7 @@ class RemoveFromCart(_Event):
 
 
 @with_config(_CLOSED)
-class CheckoutStarted(_Event):
+class CheckoutStarted(_PlainEvent):
     type: Literal["checkout_started"]
 
 
@@ -163,7 +171,7 @@ class Purchase(_Event):
 
 
 @with_config(_CLOSED)
-class Login(_Event):
+class Login(_PlainEvent):
     type: Literal["login"]
 
 
@@ -180,22 +188,22 @@ class ConsentUpdated(_Event):
 
 
 @with_config(_CLOSED)
-class EmailDelivered(_Event):
+class EmailDelivered(_PlainEvent):
     type: Literal["email_delivered"]
 
 
 @with_config(_CLOSED)
-class EmailOpen(_Event):
+class EmailOpen(_PlainEvent):
     type: Literal["email_open"]
 
 
 @with_config(_CLOSED)
-class EmailClick(_Event):
+class EmailClick(_PlainEvent):
     type: Literal["email_click"]
 
 
 @with_config(_CLOSED)
-class Unsubscribe(_Event):
+class Unsubscribe(_PlainEvent):
     type: Literal["unsubscribe"]
 
 
@@ -218,7 +226,7 @@ class Call(_Event):
 
 
 @with_config(_CLOSED)
-class ChatMessage(_Event):
+class ChatMessage(_PlainEvent):
     type: Literal["chat_message"]
 
 
@@ -242,18 +250,18 @@ class OrderReadyForPickup(_Event):
     properties: OrderReadyProps
 
 
-CUSTOMER_EVENTS: tuple[type[_Event], ...] = (
+CUSTOMER_EVENTS: tuple[type[Any], ...] = (
     PageView, ProductView, AddToCart, RemoveFromCart, CheckoutStarted, Purchase, Login, Signup,
     ConsentUpdated, EmailDelivered, EmailOpen, EmailClick, Unsubscribe, LoyaltyScan, GeofenceEnter,
     Call, ChatMessage, PickupCollected,
 )  # fmt: skip
 
 
-def _type_name(event_type: type[_Event]) -> str:
+def _type_name(event_type: type[Any]) -> str:
     return get_args(get_type_hints(event_type)["type"])[0]  # type: ignore[no-any-return]
 
 
-EVENT_MODELS: dict[str, type[_Event]] = {
+EVENT_MODELS: dict[str, type[Any]] = {
     _type_name(m): m for m in (*CUSTOMER_EVENTS, InventoryUpdate, OrderReadyForPickup)
 }
 
@@ -267,4 +275,4 @@ INPUT_TOPICS: tuple[str, ...] = tuple(TOPIC_CONTRACT)
 PRODUCT_EVENT_TYPES = frozenset({"inventory_update"})
 
 Event = Annotated[Union[tuple(EVENT_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]
-EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)

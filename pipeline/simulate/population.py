@@ -132,7 +132,7 @@ class Population:
         props: dict[str, Any] = {
             "order_id": f"O{self.orders:09d}",
             "items": items,
-            "total": round(sum(i["price"] for i in items), 2),
+            "total": round(sum(self.catalogue.products[s].price for s in skus), 2),
             "currency": "EUR",
             "fulfilment": fulfilment,
         }

@@ -125,7 +125,7 @@ class PartitionTransaction:
         return [(key, encoded[key]) for keys in self._order for key in keys]
 
     def take(self) -> list[tuple[bytes, bytes | None]]:
-        """Snapshot and encode everything at once (for a drain, and for tests)."""
+        """Snapshot and encode everything at once (tests and tools; the engine encodes in slices)."""
         self.snapshot()
         self.encode(len(self._snapshot))
         return self.taken()
