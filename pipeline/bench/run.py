@@ -53,6 +53,9 @@ from pipeline.settings import PACKAGE_DATA, Settings
 from pipeline.simulate.population import Population, Produced
 
 Figures = dict[str, Any]
+# The two figures the headline ratio divides are each the median of this many runs: on a
+# shared 2-core machine one run of either moved by about 8 % from the next.
+REPEATS = 3
 PIPELINE_FACTOR = 3  # the pipeline runs longer on more events, so its figure is steadier
 
 
@@ -411,10 +414,11 @@ def run_bench(settings: Settings, events: int, out: Path, profiles: int = 1_000_
         tmp = Path(tmp_name)
         base = base.model_copy(update={"state_dir": tmp / "state"})
         run = uuid.uuid4().hex[:6]
-        t_in, t_raw, t_raw1, t_quix, t_ref, t_cl = (
-            f"bench-{run}.{n}" for n in ("ref-in", "raw-out", "raw1-out", "quix-out", "ref-out", "ref-changelog")
+        t_in, t_raw, t_raw1, t_ref, t_cl = (
+            f"bench-{run}.{n}" for n in ("ref-in", "raw-out", "raw1-out", "ref-out", "ref-changelog")
         )
-        asyncio.run(_create(base, {t: dict(TOPIC_CONFIG) for t in (t_in, t_raw, t_raw1, t_quix, t_ref)}))
+        t_quix = [f"bench-{run}.quix-out-{i}" for i in range(REPEATS)]
+        asyncio.run(_create(base, {t: dict(TOPIC_CONFIG) for t in (t_in, t_raw, t_raw1, *t_quix, t_ref)}))
         asyncio.run(_create(base, {t_cl: {"cleanup.policy": "compact", "retention.ms": "-1"}}))
         say(f"reference data: {events:,} JSON events over 5,000 customers, {PARTITIONS} partitions")
         asyncio.run(_produce_grouped(base, t_in, reference_records(events)))
@@ -425,8 +429,8 @@ def run_bench(settings: Settings, events: int, out: Path, profiles: int = 1_000_
         figures["raw_batched_events_per_s"] = round(raw)
         figures["raw_per_event_events_per_s"] = round(raw1)
 
-        say("2. Quix Streams, reference job ...")
-        figures["quix_reference"] = _quix(base, t_in, t_quix, events)
+        say(f"2. Quix Streams, reference job, {REPEATS} runs ...")
+        figures["quix_reference"] = _median_of([_quix(base, t_in, out, events) for out in t_quix])
         say("3. this engine, reference job ...")
         figures["engine_reference_events_per_s"] = round(
             asyncio.run(_engine_reference(base.model_copy(update={"topic_prefix": f"ref-{run}."}), t_in, t_ref, t_cl, events))
@@ -434,8 +438,8 @@ def run_bench(settings: Settings, events: int, out: Path, profiles: int = 1_000_
 
         catalogue = Catalogue.load(base.catalogue_file)
         records = _simulator_records(catalogue, PIPELINE_FACTOR * events)
-        say(f"4. full pipeline on {len(records):,} simulator events: one worker, then two ...")
-        figures["pipeline_1_worker"] = _pipeline_workers(base, records, 1, tmp)
+        say(f"4. full pipeline on {len(records):,} simulator events: one worker ({REPEATS} runs), then two ...")
+        figures["pipeline_1_worker"] = _median_of([_pipeline_workers(base, records, 1, tmp) for _ in range(REPEATS)])
         figures["pipeline_2_workers"] = _pipeline_workers(base, records, 2, tmp)
 
         max_rate = figures["pipeline_1_worker"]["events_per_s"]
@@ -452,6 +456,14 @@ def run_bench(settings: Settings, events: int, out: Path, profiles: int = 1_000_
     print(render(figures))
     print(f"\nwritten to {out}")
     return figures
+
+
+def _median_of(runs: list[Figures]) -> Figures:
+    """The run with the median rate, with every run's rate beside it (a failed run is reported as it is)."""
+    good = sorted((r for r in runs if "events_per_s" in r), key=lambda r: r["events_per_s"])
+    if not good:
+        return runs[0]
+    return {**good[len(good) // 2], "runs": [r.get("events_per_s") for r in runs]}
 
 
 def _ratios(f: Figures) -> None:
@@ -471,14 +483,19 @@ def render(f: Figures) -> str:
     """The figures as the Markdown table the README carries."""
     quix = f["quix_reference"]
     quix_text = f"{quix['events_per_s']:,}" if "events_per_s" in quix else f"n/a ({next(iter(quix.values()))[:60]})"
+    one = f["pipeline_1_worker"]
+
+    def runs(fig: Figures) -> str:
+        return f" (median of {', '.join(f'{r:,}' for r in fig['runs'] if r)})" if len(fig.get("runs", [])) > 1 else ""
+
     r, lat = f["ratios"], f["latency"]
     rows = [
         ("raw aiokafka passthrough, batched (the ceiling)", f"{f['raw_batched_events_per_s']:,}", "1.00"),
         ("raw aiokafka passthrough, one await send() per event", f"{f['raw_per_event_events_per_s']:,}",
          f"{f['raw_per_event_events_per_s'] / f['raw_batched_events_per_s']:.2f}"),
-        ("Quix Streams 3, reference job", quix_text, str(r["quix_over_raw"])),
+        (f"Quix Streams 3, reference job{runs(quix)}", quix_text, str(r["quix_over_raw"])),
         ("this engine, reference job", f"{f['engine_reference_events_per_s']:,}", str(r["engine_reference_over_raw"])),
-        ("full pipeline, 1 worker, simulator traffic", f"{f['pipeline_1_worker']['events_per_s']:,}", str(r["pipeline_over_raw"])),
+        (f"full pipeline, 1 worker, simulator traffic{runs(one)}", f"{one['events_per_s']:,}", str(r["pipeline_over_raw"])),
         ("full pipeline, 2 workers", f"{f['pipeline_2_workers']['events_per_s']:,}",
          f"{f['pipeline_2_workers']['events_per_s'] / f['raw_batched_events_per_s']:.3f}"),
     ]  # fmt: skip
