@@ -194,7 +194,8 @@ def _pipeline_workers(base: Settings, records: list[Produced], workers: int, tmp
     asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
     asyncio.run(_produce_simulated(settings, records))
     procs = [
-        WorkerProcess.start(settings.model_copy(update={"state_dir": tmp / f"w{workers}-{i}"}), tmp / f"w{workers}-{i}.log")
+        # A state directory of its own per run: a repeat must not find the last run's profiles on disk.
+        WorkerProcess.start(settings.model_copy(update={"state_dir": tmp / f"{settings.topic_prefix}{i}"}), tmp / f"{settings.topic_prefix}{i}.log")
         for i in range(workers)
     ]
     try:
