@@ -14,23 +14,12 @@ from __future__ import annotations
 
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
-from pipeline.kafka import Record, last_offset, send_records
 from pipeline.state.base import Store
 
 log = logging.getLogger(__name__)
-
-
-async def write_changelog(
-    producer: AIOKafkaProducer, topic: str, partition: int, items: list[tuple[bytes, bytes | None]]
-) -> int:
-    """Write the items in order and return the offset of the last one."""
-    sent = await send_records(producer, topic, partition, (Record(k, v) for k, v in items))
-    offset = await last_offset(sent)
-    assert offset is not None, "write_changelog called with no items"
-    return offset
 
 
 async def restore(
@@ -63,7 +52,19 @@ async def restore(
             applied[tps[tp]] += len(items)
         for tp in list(pending):
             high = consumer.highwater(tp)
-            if high is not None and await consumer.position(tp) >= high:
+            if high is None:
+                continue
+            position = await consumer.position(tp)
+            if position > high:
+                # The store claims records the log never had: it belongs to another changelog
+                # (a state directory reused after a topic prefix changed) or to a broker that
+                # lost its data without saying so. Tansu answers such a fetch with no records
+                # and no error, so without this check the stale store would be trusted.
+                log.warning("local store of %s is ahead of its changelog (%d > %d); rebuilding it", tp, position - 1, high)
+                stores[tps[tp]].wipe()
+                applied[tps[tp]] = 0
+                consumer.seek(tp, 0)
+            elif position >= high:
                 pending.discard(tp)
     consumer.unsubscribe()
     return applied

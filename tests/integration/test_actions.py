@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 
 import orjson
@@ -65,3 +66,18 @@ async def test_pending_action_survives_losing_the_local_disk(settings: Settings,
         await asyncio.sleep(1.0)
     actions = await read_actions(settings)
     assert [a["trigger_event_ids"] for a in actions] == [["ev-3"]]
+
+
+async def test_a_state_directory_from_other_topics_is_rebuilt_not_trusted(settings: Settings, tmp_path: Path) -> None:
+    """The same disk under a new topic prefix: the store is ahead of the (empty) changelog and is wiped."""
+    await create_topics(settings)
+    catalogue = catalogue_with_delay(tmp_path, "60s")
+    await produce(settings, "channel.web", [orjson.dumps(purchase("C4", "ev-4", ["COF-200"]))], key=b"C4")
+    async with running_engine(settings, catalogue) as engine:
+        await wait_for(lambda: sample(engine.metrics, "omni_timers_pending") == 1, 20, "the timer")
+
+    elsewhere = settings.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}."})
+    await create_topics(elsewhere)
+    async with running_engine(elsewhere, catalogue) as engine:
+        assert sample(engine.metrics, "omni_timers_pending") == 0
+        assert all(state.txn.get(b"customer_id:C4") is None for state in engine.state.values())
