@@ -57,7 +57,8 @@ def seen_before(profile: dict[str, Any], event_id: str, limits: ProfileLimits) -
     a busy customer's window is a single object to decode and encode at every
     checkpoint instead of hundreds, and a third of the bytes.
     """
-    seen: str = profile["seen_events"]
+    seen: str = profile.get("seen_events", "")  # profiles written before the digests have none
+    profile.pop("recent_events", None)  # ...and the old window of raw ids, which the digests replace
     digest = event_digest(event_id)
     at = seen.find(digest)
     while at != -1:

@@ -33,6 +33,16 @@ def test_event_ids_are_processed_once_within_the_window() -> None:
     assert not seen_before(p, "a", limits)  # fell out of the window
 
 
+def test_a_profile_from_before_the_digest_window_still_deduplicates() -> None:
+    limits = ProfileLimits(dedup_window=3)
+    p = new_profile("x")
+    del p["seen_events"]
+    p["recent_events"] = {"old": 1}  # the shape written by earlier versions
+    assert not seen_before(p, "a", limits)
+    assert seen_before(p, "a", limits)
+    assert "recent_events" not in p
+
+
 def test_late_stock_level_does_not_overwrite_newer_one() -> None:
     product = new_product("sku:BAG-100")
     apply_inventory(product, {"ts": 20.0, "properties": {"sku": "BAG-100", "available_qty": 5}})
