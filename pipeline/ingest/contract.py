@@ -17,9 +17,11 @@ from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, with_config
 from typing_extensions import NotRequired, TypedDict
 
 # Strict: a number sent as a string is an error, not silently coerced, because the
-# pipeline forwards the event as it was sent.
-_CLOSED = ConfigDict(extra="forbid", strict=True)
-_OPEN = ConfigDict(extra="allow", strict=True)
+# validated dict is what the pipeline forwards and stores. NaN and Infinity are JSON
+# extensions pydantic's parser accepts; in a total or a price they would poison a
+# profile (orjson writes them back as null), so they are refused.
+_CLOSED = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+_OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 CUSTOMER_CHANNELS = ("web", "app", "email", "store", "callcenter", "chat")
 Channel = Literal["web", "app", "email", "store", "callcenter", "chat", "ops"]
@@ -124,7 +126,7 @@ class OrderProps(Props):
 class InventoryProps(Props):
     sku: Sku
     store_id: NotRequired[str | None]
-    available_qty: Annotated[int, Field(ge=0)]
+    available_qty: Annotated[int, Field(ge=0, le=1_000_000_000)]
 
 
 @with_config(_OPEN)

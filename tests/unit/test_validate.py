@@ -68,3 +68,9 @@ def test_product_events_need_no_identifier(validate: Validator) -> None:
 def test_order_events_on_ops_topic_need_a_customer(validate: Validator) -> None:
     raw = event("order_ready_for_pickup", "ops", {}, "o-1", order_id="O1", store_id="S1")
     assert reason(validate("ops.orders", orjson.dumps(raw), NOW)) == "no_identifiers"
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_numbers_are_refused(validate: Validator, number: bytes) -> None:
+    raw = orjson.dumps(purchase("C1", "ev-1", ["VAC-100"])).replace(b'"total":', b'"total":' + number + b",\"was\":")
+    assert reason(validate("channel.web", raw, NOW)) == "malformed_json"
