@@ -72,8 +72,18 @@ class OmnichannelJob(Job):
             if state is not None:
                 self._apply(state, key, event, rec, tp, now, out)  # this worker owns the profile
             else:
+                try:
+                    value = orjson.dumps(event)
+                except TypeError as exc:
+                    # An extra property JSON allows but orjson cannot write (an integer past 64
+                    # bits): refused here rather than crashing the loop on every restart.
+                    # Applied locally, the same event would pass, since extras are never stored.
+                    rejection = Rejection("invalid_event", f"cannot be forwarded: {exc}")
+                    self.processor.tally.deadletter[(rejection.reason, logical)] += 1
+                    self._dead_letter(rec, tp, rejection, out)
+                    continue
                 # Keep the arrival time, so latency is measured from the input topic.
-                out.add(state_topic, kbytes, orjson.dumps(event), (), rec.timestamp, partition)
+                out.add(state_topic, kbytes, value, (), rec.timestamp, partition)
 
     def on_state(self, state: PartitionState, records: list[Any], now: float, out: Outbox) -> None:
         source = TopicPartition(self.state_topic, state.partition)
