@@ -19,6 +19,7 @@ import orjson
 DELETED: Any = object()
 TIMER_PREFIX = b"t:"
 OFFSET_KEY = b"__changelog_offset__"
+TOPIC_KEY = b"__changelog_topic__"
 
 
 class Store(ABC):
@@ -41,6 +42,13 @@ class Store(ABC):
     @abstractmethod
     def changelog_offset(self) -> int:
         """The last changelog offset applied, or -1 for an empty store."""
+
+    @abstractmethod
+    def bound_to(self) -> str | None:
+        """The changelog topic this store mirrors, or None for a store never bound."""
+
+    @abstractmethod
+    def bind(self, changelog_topic: str) -> None: ...
 
     @abstractmethod
     def wipe(self) -> None: ...

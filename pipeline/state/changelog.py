@@ -28,6 +28,14 @@ async def restore(
     """Bring every store up to the end of its changelog partition; return records applied per partition."""
     if not stores:
         return {}
+    for p, store in stores.items():
+        if store.bound_to() not in (None, topic):
+            # A state directory reused under another topic prefix: its profiles are another
+            # deployment's. Tansu answers a fetch past the log's end with no records and no
+            # error, so the offset alone would not tell.
+            log.warning("state partition %d mirrored %s, not %s; rebuilding it", p, store.bound_to(), topic)
+            store.wipe()
+        store.bind(topic)
     tps = {TopicPartition(topic, p): p for p in stores}
     consumer.assign(list(tps))
     for tp, p in tps.items():
@@ -55,16 +63,9 @@ async def restore(
             if high is None:
                 continue
             position = await consumer.position(tp)
-            if position > high:
-                # The store claims records the log never had: it belongs to another changelog
-                # (a state directory reused after a topic prefix changed) or to a broker that
-                # lost its data without saying so. Tansu answers such a fetch with no records
-                # and no error, so without this check the stale store would be trusted.
-                log.warning("local store of %s is ahead of its changelog (%d > %d); rebuilding it", tp, position - 1, high)
-                stores[tps[tp]].wipe()
-                applied[tps[tp]] = 0
-                consumer.seek(tp, 0)
-            elif position >= high:
+            if position >= high:
+                # Not wiped when ahead: on a cluster, a new leader's high watermark can lag for a
+                # moment, and rebuilding to it would drop state the changelog does hold.
                 pending.discard(tp)
     consumer.unsubscribe()
     return applied

@@ -11,6 +11,7 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._data: dict[bytes, bytes] = {}
         self._offset = -1
+        self._topic: str | None = None
 
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
@@ -30,9 +31,16 @@ class MemoryStore(Store):
     def changelog_offset(self) -> int:
         return self._offset
 
+    def bound_to(self) -> str | None:
+        return self._topic
+
+    def bind(self, changelog_topic: str) -> None:
+        self._topic = changelog_topic
+
     def wipe(self) -> None:
         self._data.clear()
         self._offset = -1
+        self._topic = None
 
     def close(self) -> None:
         pass

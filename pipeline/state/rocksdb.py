@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
-from pipeline.state.base import OFFSET_KEY, Store
+from pipeline.state.base import OFFSET_KEY, TOPIC_KEY, Store
 
 
 def _options(write_buffer_bytes: int) -> Options:
@@ -55,6 +55,13 @@ class RocksDBStore(Store):
     def changelog_offset(self) -> int:
         raw = self._db.get(OFFSET_KEY)
         return -1 if raw is None else int(raw)
+
+    def bound_to(self) -> str | None:
+        raw = self._db.get(TOPIC_KEY)
+        return None if raw is None else raw.decode()
+
+    def bind(self, changelog_topic: str) -> None:
+        self._db.put(TOPIC_KEY, changelog_topic.encode())
 
     def wipe(self) -> None:
         self._db.close()
