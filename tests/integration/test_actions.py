@@ -52,11 +52,7 @@ async def test_buying_the_consumable_anywhere_cancels_the_offer(settings: Settin
 
 async def test_pending_action_survives_losing_the_local_disk(settings: Settings, tmp_path: Path) -> None:
     """A new worker with an empty state directory rebuilds state from the changelog and fires once."""
-    await create_topics(settings)
-    catalogue = catalogue_with_delay(tmp_path, "6s")
-    await produce(settings, "channel.web", [orjson.dumps(purchase("C3", "ev-3", ["COF-200"]))], key=b"C3")
-    async with running_engine(settings, catalogue) as engine:
-        await wait_for(lambda: sample(engine.metrics, "omni_timers_pending") == 1, 20, "the timer")
+    catalogue = await _leave_a_pending_timer(settings, tmp_path, "C3", "ev-3", "6s")
     assert await read_actions(settings) == []
 
     fresh = settings.model_copy(update={"state_dir": tmp_path / "another-disk"})
@@ -69,15 +65,21 @@ async def test_pending_action_survives_losing_the_local_disk(settings: Settings,
 
 
 async def test_a_state_directory_from_other_topics_is_rebuilt_not_trusted(settings: Settings, tmp_path: Path) -> None:
-    """The same disk under a new topic prefix: the store is ahead of the (empty) changelog and is wiped."""
-    await create_topics(settings)
-    catalogue = catalogue_with_delay(tmp_path, "60s")
-    await produce(settings, "channel.web", [orjson.dumps(purchase("C4", "ev-4", ["COF-200"]))], key=b"C4")
-    async with running_engine(settings, catalogue) as engine:
-        await wait_for(lambda: sample(engine.metrics, "omni_timers_pending") == 1, 20, "the timer")
+    """The same disk under a new topic prefix: the store mirrored another changelog and is rebuilt."""
+    catalogue = await _leave_a_pending_timer(settings, tmp_path, "C4", "ev-4", "60s")
 
     elsewhere = settings.model_copy(update={"topic_prefix": f"t{uuid.uuid4().hex[:8]}."})
     await create_topics(elsewhere)
     async with running_engine(elsewhere, catalogue) as engine:
         assert sample(engine.metrics, "omni_timers_pending") == 0
         assert all(state.txn.get(b"customer_id:C4") is None for state in engine.state.values())
+
+
+async def _leave_a_pending_timer(settings: Settings, tmp_path: Path, customer: str, event_id: str, delay: str) -> Path:
+    """Run a worker until a durable purchase by ``customer`` has scheduled its follow-up; return the catalogue."""
+    await create_topics(settings)
+    catalogue = catalogue_with_delay(tmp_path, delay)
+    await produce(settings, "channel.web", [orjson.dumps(purchase(customer, event_id, ["COF-200"]))], key=customer.encode())
+    async with running_engine(settings, catalogue) as engine:
+        await wait_for(lambda: sample(engine.metrics, "omni_timers_pending") == 1, 20, "the timer")
+    return catalogue
