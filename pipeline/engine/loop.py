@@ -254,13 +254,15 @@ class Engine:
         # 2. State: changelog first (all partitions in parallel), then RocksDB with the offset.
         #    The other order would leave RocksDB ahead of the changelog, and a new owner of
         #    the partition, restoring from the changelog, would miss those writes.
-        pending = []
-        for state, items in taken:
-            sent = await kafka.send_records(
-                self.changelog_producer, self.job.changelog_topic, state.partition, (Record(k, v) for k, v in items)
-            )
-            pending.append((state, items, sent))
-            await asyncio.sleep(0)  # let the batches behind us through between partitions
+        #    The partitions go out together: a producer queues a partition's next batch only
+        #    once the broker has taken the one before, so one partition after another cost a
+        #    round trip per batch of the whole checkpoint instead of one per batch of the largest.
+        sends = await asyncio.gather(*(
+            kafka.send_records(self.changelog_producer, self.job.changelog_topic, state.partition,
+                               (Record(k, v) for k, v in items))
+            for state, items in taken
+        ))  # fmt: skip
+        pending = [(state, items, sent) for (state, items), sent in zip(taken, sends)]
         for state, items, sent in pending:
             offset = await kafka.last_offset(sent)
             assert offset is not None
