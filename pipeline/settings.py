@@ -10,14 +10,33 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from pipeline.identity.rules import DEFAULT_LIMITS, IdentityRules
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 ENV_ALIASES = {"bootstrap": "KAFKA_BOOTSTRAP"}
+
+
+def _pairs(value: Any) -> Any:
+    """``"email=5,phone=3"`` from the environment; a dict passes as it is."""
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"expected type=number pairs separated by commas, got {value!r}")
+        return {k.strip(): v.strip() for k, v in pairs}
+    return value
+
+
+def _items(value: Any) -> Any:
+    """``"a,b"`` from the environment; any iterable passes as it is."""
+    if isinstance(value, str):
+        return frozenset(item.strip() for item in value.split(",") if item.strip())
+    return value
 
 
 class Settings(BaseModel):
@@ -76,6 +95,18 @@ class Settings(BaseModel):
     oldest_event_year: int = 2000
     dedup_window: int = Field(256, description="event ids remembered per customer for duplicate detection")
 
+    # --- identity resolution ----------------------------------------------
+    identifier_limits: Annotated[dict[str, int], BeforeValidator(_pairs)] = Field(
+        default_factory=dict,
+        description="per-type caps on identifiers one profile holds, e.g. `email=5,device_id=20` (defaults in README)",
+    )
+    identifier_blocklist: Annotated[frozenset[str], BeforeValidator(_items)] = Field(
+        default_factory=frozenset,
+        description="comma-separated identifier values (or `type:value`) that never identify anyone",
+    )
+    max_identifiers_per_profile: int = Field(100, description="a profile stops taking identifiers past this many")
+    max_merges_per_profile: int = Field(50, description="a profile stops merging after absorbing this many profiles")
+
     # --- profiles and rules -----------------------------------------------
     catalogue_file: Path = PACKAGE_DATA / "catalogue.yaml"
     purchases_kept: int = 50
@@ -91,6 +122,16 @@ class Settings(BaseModel):
                 values[name] = env[key]
         values.update(overrides)
         return cls(**values)
+
+    def identity_rules(self) -> IdentityRules:
+        unknown = set(self.identifier_limits) - set(DEFAULT_LIMITS)
+        if unknown:
+            raise ValueError(f"OMNI_IDENTIFIER_LIMITS names unknown identifier types: {sorted(unknown)}")
+        return IdentityRules(
+            limits={**DEFAULT_LIMITS, **self.identifier_limits},
+            max_identifiers=self.max_identifiers_per_profile,
+            max_merges=self.max_merges_per_profile,
+        )
 
     def topic(self, name: str) -> str:
         """The physical name of a logical topic."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -46,7 +47,9 @@ class ReferenceJob(Job):
         self.processed = 0
         self.first_at: float | None = None
 
-    def on_state(self, state: PartitionState, records: list[Any], now: float, out: Outbox) -> None:
+    def on_state(
+        self, state: PartitionState, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
+    ) -> None:
         if self.first_at is None:
             self.first_at = time.perf_counter()
         txn, topic, partition = state.txn, self.out_topic, state.partition

@@ -20,6 +20,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline import kafka
+from pipeline.identity.protocol import is_tombstone
 from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.loop import Engine
 from pipeline.engine.omnichannel import omnichannel_engine
@@ -103,6 +104,8 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
         profile = state.txn.get(key.encode())
         if profile is None:
             return self.json({"error": "no such profile"}, status=404)
+        if is_tombstone(profile):
+            return self.json({"error": "merged into another profile", "merged_into": profile["merged_into"]}, status=410)
         return self.json(profile)
 
     return app

@@ -65,8 +65,10 @@ class Job(ABC):
         """
 
     @abstractmethod
-    def on_state(self, state: PartitionState, records: list[Any], now: float, out: Outbox) -> None:
-        """Records from the state topic, applied to that partition's transaction."""
+    def on_state(
+        self, state: PartitionState, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
+    ) -> None:
+        """Records from the state topic, applied to that partition's transaction (``owned``: as above)."""
 
     def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
         """Fire due timers."""

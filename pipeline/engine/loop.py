@@ -168,7 +168,7 @@ class Engine:
             if not records:
                 continue
             if tp.topic == job.state_topic:
-                job.on_state(self.state[tp.partition], records, now, out)
+                job.on_state(self.state[tp.partition], records, now, out, self.state)
             else:
                 job.on_source(tp, records, now, out, self.state)
             self.next_offsets[tp] = records[-1].offset + 1

@@ -1,21 +1,24 @@
 """The omnichannel pipeline as an engine job.
 
-Source topics (the channel and ops topics) are validated and re-keyed by
-profile onto ``internal.events-by-customer``; that topic's partitions are the
-state partitions, where events update profiles and rules schedule timers.
+Source topics (the channel and ops topics) are validated and each event is sent
+to its strongest identifier; from there the identity protocol
+(``pipeline.identity.protocol``) takes it to the profile that owns it, merging
+profiles the event links. ``internal.events-by-customer`` carries these steps,
+keyed by identifier or profile; its partitions are the state partitions.
 
-When the worker that ingests an event also owns its profile's partition, it
-applies the event at once and does not send it through the repartition topic
-at all: one broker round trip less on the way to an action, and one produce
-and one consume less per event. Nothing is lost by skipping the topic: the
-input offset is committed only after the checkpoint that holds the event's
-effect, so a crash replays the input record, and whichever worker then reads
-it routes it as usual; a rebalance checkpoints before partitions move.
+When the worker that ingests an event also owns the partition of its next step,
+it runs the step at once instead of sending it through the topic: one broker
+round trip less on the way to an action, and one produce and one consume less
+per event. Nothing is lost by skipping the topic: the input offset is committed
+only after the checkpoint that holds the event's effect, so a crash replays the
+input record, and whichever worker then reads it routes it as usual; a rebalance
+checkpoints before partitions move.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +30,8 @@ from pipeline.engine.deadletter import DEADLETTER, bug, dead_letter
 from pipeline.engine.job import Job, Outbox
 from pipeline.engine.loop import Engine
 from pipeline.engine.processor import Processor, Tallies
-from pipeline.ingest.contract import INPUT_TOPICS
+from pipeline.identity.protocol import IdentityTally, Message
+from pipeline.ingest.contract import INPUT_TOPICS, PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import Rejection
 from pipeline.kafka import partition_for
 from pipeline.ops.metrics import Metrics
@@ -36,6 +40,9 @@ from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
+MERGES = "identity.merges"
+LOCAL_OPS = frozenset({"ev", "apply", "product"})  # carry an event; may run here at once when we own the target
+APPLY_OPS = frozenset({"apply", "product"})
 
 
 class OmnichannelJob(Job):
@@ -46,6 +53,7 @@ class OmnichannelJob(Job):
         self.changelog_topic = settings.topic(CHANGELOG)
         self.source_topics = {settings.topic(t): t for t in INPUT_TOPICS}
         self.deadletter = settings.topic(DEADLETTER)
+        self.merges_topic = settings.topic(MERGES)
         self.partition_counts = {settings.topic(name): spec.partitions for name, spec in specs.items()}
         self.latencies: list[float] = []
 
@@ -54,7 +62,6 @@ class OmnichannelJob(Job):
     ) -> None:
         logical = self.source_topics[tp.topic]
         ingest = self.processor.ingest
-        state_topic, partitions = self.state_topic, self.partition_counts[self.state_topic]
         for rec in records:
             try:
                 result = ingest(logical, rec.value, now)
@@ -66,41 +73,75 @@ class OmnichannelJob(Job):
                 self._dead_letter(rec, tp, result, out)
                 continue
             key, event = result
-            kbytes = key.encode()
-            partition = partition_for(kbytes, partitions)
+            op = "product" if event["type"] in PRODUCT_EVENT_TYPES else "ev"
+            self._deliver(key, {"op": op, "event": event}, rec, tp, now, out, owned)
+
+    def on_state(
+        self, state: PartitionState, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
+    ) -> None:
+        source = TopicPartition(self.state_topic, state.partition)
+        for rec in records:
+            msg = orjson.loads(rec.value)
+            if "op" not in msg:  # an event routed before identity resolution: straight to its profile
+                msg = {"op": "apply", "event": msg}
+            self._deliver(rec.key.decode(), msg, rec, source, now, out, owned)
+
+    def _deliver(
+        self, target: str, msg: Message, rec: Any, source: TopicPartition, now: float, out: Outbox,
+        owned: Mapping[int, PartitionState],
+    ) -> None:  # fmt: skip
+        """Run a message and everything it leads to here, or send it to the partition that owns its target.
+
+        Events on their first hop to a profile run at once when this worker owns the target:
+        that is the common path, and it costs no trip through the broker. Identity-protocol
+        steps, and events a merged profile forwards, always go through the state topic, even
+        to a partition owned here: the topic keeps them in order from one partition to
+        another, across rebalances too, and the protocol relies on that order (a merged
+        profile's state reaches the survivor before the events it forwards).
+        """
+        state_topic, partitions = self.state_topic, self.partition_counts[self.state_topic]
+        pending: deque[tuple[str, Message]] = deque([(target, msg)])
+        first = True
+        while pending:
+            target, msg = pending.popleft()
+            key = target.encode()
+            partition = partition_for(key, partitions)
             state = owned.get(partition)
-            if state is not None:
-                self._apply(state, key, event, rec, tp, now, out)  # this worker owns the profile
-            else:
+            if state is None or (not first and (msg["op"] not in LOCAL_OPS or "forwarded" in msg)):
                 try:
-                    value = orjson.dumps(event)
+                    value = orjson.dumps(msg)
                 except TypeError as exc:
                     # An extra property JSON allows but orjson cannot write (an integer past 64
                     # bits): refused here rather than crashing the loop on every restart.
-                    # Applied locally, the same event would pass, since extras are never stored.
-                    rejection = Rejection("invalid_event", f"cannot be forwarded: {exc}")
-                    self.processor.tally.deadletter[(rejection.reason, logical)] += 1
-                    self._dead_letter(rec, tp, rejection, out)
-                    continue
+                    self._refuse_unwritable(rec, source, exc, out)
+                    return
                 # Keep the arrival time, so latency is measured from the input topic.
-                out.add(state_topic, kbytes, value, (), rec.timestamp, partition)
+                out.add(state_topic, key, value, (), rec.timestamp, partition)
+                continue
+            first = False
+            try:
+                if msg["op"] == "product":
+                    self.processor.apply_product(state, target, msg["event"])
+                else:
+                    produced: list[tuple[str, Message]] = []
+                    merges: list[Message] = []
+                    self.processor.handle(state, target, msg, now, produced, merges)
+                    pending.extend(produced)
+                    for merge in merges:
+                        out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
+            except Exception as exc:  # a bug must not become a crash loop on one record
+                log.exception("processing %s at %s:%d@%d failed", msg["op"], source.topic, source.partition, rec.offset)
+                self.processor.tally.deadletter[("processing_error", REPARTITION)] += 1
+                self._dead_letter(rec, source, bug(exc), out)
+                return
+            if msg["op"] in APPLY_OPS:
+                self.latencies.append(now - rec.timestamp / 1000)
 
-    def on_state(self, state: PartitionState, records: list[Any], now: float, out: Outbox) -> None:
-        source = TopicPartition(self.state_topic, state.partition)
-        for rec in records:
-            self._apply(state, rec.key.decode(), rec.value, rec, source, now, out)
-
-    def _apply(
-        self, state: PartitionState, key: str, event: dict[str, Any] | bytes, rec: Any, source: TopicPartition,
-        now: float, out: Outbox,
-    ) -> None:  # fmt: skip
-        try:
-            self.processor.apply(state, key, orjson.loads(event) if isinstance(event, bytes) else event)
-        except Exception as exc:  # a bug must not become a crash loop on one record
-            log.exception("processing %s:%d@%d failed", source.topic, source.partition, rec.offset)
-            self.processor.tally.deadletter[("processing_error", REPARTITION)] += 1
-            self._dead_letter(rec, source, bug(exc), out)
-        self.latencies.append(now - rec.timestamp / 1000)
+    def _refuse_unwritable(self, rec: Any, source: TopicPartition, exc: TypeError, out: Outbox) -> None:
+        rejection = Rejection("invalid_event", f"cannot be forwarded: {exc}")
+        logical = self.source_topics.get(source.topic, REPARTITION)
+        self.processor.tally.deadletter[(rejection.reason, logical)] += 1
+        self._dead_letter(rec, source, rejection, out)
 
     def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
         for action in self.processor.fire_due(state, now):
@@ -121,6 +162,12 @@ class OmnichannelJob(Job):
         if t.duplicates:
             m.duplicates.inc(t.duplicates)
         self.processor.tally = Tallies()
+        identity = self.processor.identity.tally
+        if identity.merges:
+            m.merges.inc(identity.merges)
+        m.add(m.merges_refused, identity.refused)
+        m.add(m.identifiers_left_out, identity.left_out)
+        self.processor.identity.tally = IdentityTally()
         if self.latencies:
             m.latency.observe_many(self.latencies)
             self.latencies = []

@@ -1,12 +1,11 @@
 """What the engine does with records, with no Kafka in it.
 
-Two steps, as in a Kafka Streams topology with a repartition:
-
 1. ``ingest``: a raw record from an input topic becomes a validated, normalised
-   event keyed by profile (or a rejection for the dead-letter topic).
-2. ``apply``: an event keyed by profile is applied to that profile's state in
-   its partition's transaction; rules may schedule timers. ``fire_due`` turns
-   due timers into actions.
+   event with the identifier it enters the identity graph by (or a rejection for
+   the dead-letter topic).
+2. ``handle``: one identity-protocol message for an identifier or a profile
+   (``pipeline.identity.protocol``); an event reaching its profile is applied there
+   and rules may schedule timers. ``fire_due`` turns due timers into actions.
 
 Both return plain data; the engine decides where it goes and when it is durable.
 """
@@ -21,9 +20,10 @@ from typing import Any
 from pipeline.actions.catalogue import Catalogue
 from pipeline.actions.consumables import ConsumablesFollowUp, Suppressed, TimerChange
 from pipeline.actions.model import Action
+from pipeline.identity.protocol import IdentityProtocol, Message, Outbox, is_tombstone
 from pipeline.identity.resolve import routing_key
 from pipeline.ingest.validate import CleanEvent, Rejection, Validator
-from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile, remember_action, seen_before
+from pipeline.profiles.profile import ProfileLimits, apply_event, remember_action, seen_before
 from pipeline.profiles.product import apply_inventory, new_product
 from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
@@ -51,6 +51,7 @@ class Processor:
             views_kept=settings.views_kept,
         )
         self.rules = [ConsumablesFollowUp(catalogue)]
+        self.identity = IdentityProtocol(settings.identity_rules(), self.limits, self._apply_to_profile)
         self.tally = Tallies()
 
     # --- step 1: ingest ---------------------------------------------------------
@@ -69,24 +70,27 @@ class Processor:
 
     # --- step 2: apply to state ------------------------------------------------------
 
-    def apply(self, state: PartitionState, key: str, event: dict[str, Any]) -> None:
+    def apply_product(self, state: PartitionState, key: str, event: dict[str, Any]) -> None:
         skey = key.encode()
-        if event["type"] == "inventory_update":
-            product = state.txn.get(skey) or new_product(key)
-            apply_inventory(product, event)
-            state.txn.set(skey, product)
-            self.tally.processed[event["type"]] += 1
-            return
-        profile = state.txn.get(skey) or new_profile(key)
+        product = state.txn.get(skey) or new_product(key)
+        apply_inventory(product, event)
+        state.txn.set(skey, product)
+        self.tally.processed[event["type"]] += 1
+
+    def handle(self, state: PartitionState, target: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
+        """One identity-protocol message (an event on its way to its profile, a claim, a merge step)."""
+        self.identity.handle(state, target, msg, now, out, merges)
+
+    def _apply_to_profile(self, state: PartitionState, pid: str, profile: dict[str, Any], event: dict[str, Any]) -> bool:
         if seen_before(profile, event["event_id"], self.limits):
             self.tally.duplicates += 1
-            return
+            return False
         apply_event(profile, event, self.limits)
         for rule in self.rules:
             for change in rule.on_event(profile, event):
-                self._index_timer(state, key, change)
-        state.txn.set(skey, profile)
+                self._index_timer(state, pid, change)
         self.tally.processed[event["type"]] += 1
+        return True
 
     def _index_timer(self, state: PartitionState, key: str, change: TimerChange) -> None:
         if change.added:
@@ -99,7 +103,7 @@ class Processor:
         for due, key, timer_id in state.due(now):
             skey = key.encode()
             profile = state.txn.get(skey)
-            timer = profile["timers"].get(timer_id) if profile else None
+            timer = profile["timers"].get(timer_id) if profile and not is_tombstone(profile) else None
             if profile is None or timer is None or timer["due"] != due:
                 continue  # cancelled or rescheduled since it was indexed
             del profile["timers"][timer_id]

@@ -1,10 +1,10 @@
-"""The first identity step: one profile key per event, from its strongest identifier.
+"""Where an event enters the identity graph: its strongest identifier.
 
 An account id outranks a loyalty card, which outranks an e-mail address, and so
-on down to a browser cookie, so the same person logged in on the web and
-scanning a card in the store lands on the same profile as soon as an event
-carries their account id. Linking weaker identifiers to an existing profile
-(the identity graph) is the job of a later, stateful step.
+on down to a browser cookie. The event goes first to the actor of that identifier
+(see ``protocol.py``), which knows the profile that owns it; a new identifier founds
+a profile named after it, so an unmerged customer's identifier and profile share a
+partition and the event needs no second hop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def profile_key(identifiers: dict[str, str]) -> str | None:
 
 
 def routing_key(event: dict[str, Any]) -> str:
-    """The state key an event is processed under: a customer, or a product for product events."""
+    """The key an event is routed by: its strongest identifier, or the product for product events."""
     if event["type"] in PRODUCT_EVENT_TYPES:
         return f"sku:{event['properties']['sku']}"
     key = profile_key(event["identifiers"])

@@ -53,8 +53,15 @@ def normalise_one(kind: str, value: str, region: str) -> tuple[str | None, str |
     return (norm, None) if norm is not None else (None, "invalid")
 
 
-def normalise_identifiers(raw: dict[str, str | None], region: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Return (clean identifiers, [(type, reason) dropped])."""
+def normalise_identifiers(
+    raw: dict[str, str | None], region: str, blocked: frozenset[str] = frozenset()
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Return (clean identifiers, [(type, reason) dropped]).
+
+    ``blocked`` holds values (or ``type:value``) an operator has found shared by
+    strangers, a shop's test account or a kiosk's device id: one of those would
+    link every customer who ever touched it.
+    """
     clean: dict[str, str] = {}
     dropped: list[tuple[str, str]] = []
     for kind, value in raw.items():
@@ -63,6 +70,8 @@ def normalise_identifiers(raw: dict[str, str | None], region: str) -> tuple[dict
         norm, reason = normalise_one(kind, value, region)
         if norm is None:
             dropped.append((kind, reason or "invalid"))
+        elif blocked and (norm in blocked or f"{kind}:{norm}" in blocked):
+            dropped.append((kind, "blocked"))
         else:
             clean[kind] = norm
     return clean, dropped

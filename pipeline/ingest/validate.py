@@ -74,7 +74,9 @@ class Validator:
         if ts < self.min_ts or ts > now + self.settings.future_tolerance_s:
             return Rejection("absurd_timestamp", f"occurred_at {occurred_at.isoformat()} is out of range")
 
-        identifiers, dropped = normalise_identifiers(data.get("identifiers") or {}, self.settings.default_phone_region)
+        identifiers, dropped = normalise_identifiers(
+            data.get("identifiers") or {}, self.settings.default_phone_region, self.settings.identifier_blocklist
+        )
         if not identifiers and etype not in PRODUCT_EVENT_TYPES:
             why = "no identifier given" if not dropped else f"all identifiers unusable: {dropped}"
             return Rejection("no_identifiers", why)

@@ -53,6 +53,14 @@ class Metrics:
             "omni_identifiers_dropped", "Identifiers dropped during normalisation", ["type", "reason"], registry=r
         )
         self.processed = Counter("omni_events_processed", "Events applied to state", ["type"], registry=r)
+        self.merges = Counter("omni_identity_merges", "Profiles merged into another by identity resolution", registry=r)
+        self.merges_refused = Counter(
+            "omni_identity_merges_refused", "Merges refused because the union would break a limit", ["reason"], registry=r
+        )
+        self.identifiers_left_out = Counter(
+            "omni_identifiers_left_out",
+            "Identifiers not linked to a profile (a limit or cap), by type and reason", ["type", "reason"], registry=r,
+        )  # fmt: skip
         self.duplicates = Counter("omni_duplicates", "Events skipped because their event_id was processed", registry=r)
         self.latency = BatchHistogram(
             "omni_event_latency_seconds", "From the record's arrival on the input topic to its processing",

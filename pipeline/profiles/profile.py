@@ -13,6 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.ingest.contract import IDENTIFIER_TYPES
+
 DIGEST_CHARS = 11
 
 
@@ -21,14 +23,15 @@ class ProfileLimits:
     dedup_window: int = 256
     purchases_kept: int = 50
     views_kept: int = 50
-    identifiers_per_type: int = 50
     actions_kept: int = 100
 
 
 def new_profile(key: str) -> dict[str, Any]:
+    """An empty profile named after its founding identifier (``"email:anna@example.dk"``), which it holds."""
+    kind, _, value = key.partition(":")
     return {
         "id": key,
-        "identifiers": {},
+        "identifiers": {kind: [value]} if kind in IDENTIFIER_TYPES else {},
         "first_seen": None,
         "last_seen": None,
         "channels": {},
@@ -42,6 +45,13 @@ def new_profile(key: str) -> dict[str, Any]:
         "timers": {},
         "actions": {},
         "seen_events": "",  # digests of the last event ids, oldest first: see seen_before
+        # Identity resolution (pipeline.identity.protocol): profiles merged into this one,
+        # identifiers claimed and not yet confirmed, the profile being merged in, and what
+        # waits for that merge to finish.
+        "merged": [],
+        "claims": [],
+        "lock": None,
+        "queue": [],
     }
 
 
@@ -85,7 +95,6 @@ def apply_event(profile: dict[str, Any], event: dict[str, Any], limits: ProfileL
     etype: str = event["type"]
     props: dict[str, Any] = event.get("properties", {})
 
-    _remember_identifiers(profile, event["identifiers"], limits)
     if profile["first_seen"] is None or ts < profile["first_seen"]:
         profile["first_seen"] = ts
     if profile["last_seen"] is None or ts > profile["last_seen"]:
@@ -99,21 +108,6 @@ def apply_event(profile: dict[str, Any], event: dict[str, Any], limits: ProfileL
     handler = _HANDLERS.get(etype)
     if handler is not None:
         handler(profile, props, event, limits)
-
-
-def _remember_identifiers(profile: dict[str, Any], identifiers: dict[str, str], limits: ProfileLimits) -> None:
-    known: dict[str, list[str]] = profile["identifiers"]
-    for kind, value in identifiers.items():
-        values = known.get(kind)
-        if values is None:
-            known[kind] = [value]
-        elif values[-1] == value:  # the usual case: the same identifier as last time
-            continue
-        elif value in values:  # most recently used last: channel choice takes the last
-            values.remove(value)
-            values.append(value)
-        elif len(values) < limits.identifiers_per_type:
-            values.append(value)
 
 
 def _purchase(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:

@@ -31,6 +31,9 @@ def profile_after(*events: dict) -> tuple[dict, list]:  # type: ignore[type-arg]
     for raw in events:
         e = clean(raw)
         apply_event(profile, e, LIMITS)
+        for kind, value in e["identifiers"].items():  # what identity resolution would add
+            if value not in profile["identifiers"].setdefault(kind, []):
+                profile["identifiers"][kind].append(value)
         changes.extend(rule.on_event(profile, e))
     return profile, changes
 

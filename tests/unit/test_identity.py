@@ -1,4 +1,10 @@
+import pytest
+
 from pipeline.identity.resolve import profile_key, routing_key
+from pipeline.identity.rules import IdentityRules, order_key
+from pipeline.profiles.merge import merge_profiles
+from pipeline.profiles.profile import ProfileLimits, new_profile
+from pipeline.settings import Settings
 
 
 def test_strongest_identifier_wins() -> None:
@@ -10,3 +16,41 @@ def test_strongest_identifier_wins() -> None:
 
 def test_product_events_route_by_sku() -> None:
     assert routing_key({"type": "inventory_update", "properties": {"sku": "BAG-100"}, "identifiers": {}}) == "sku:BAG-100"
+
+
+def test_survivor_order_is_strongest_type_then_value() -> None:
+    ids = ["cookie_id:a", "customer_id:C2", "email:x@y.dk", "customer_id:C10"]
+    assert sorted(ids, key=order_key) == ["customer_id:C10", "customer_id:C2", "email:x@y.dk", "cookie_id:a"]
+
+
+def test_limits_name_the_strongest_type_that_breaks() -> None:
+    rules = IdentityRules()
+    a = {"customer_id": ["C1"], "device_id": ["tablet"]}
+    assert rules.merge_breaks(a, {"customer_id": ["C2"], "device_id": ["tablet"]}) == "limit_customer_id"
+    assert rules.merge_breaks(a, {"customer_id": ["C1"], "email": ["a@b.dk"]}) is None  # the same account
+    assert rules.room_for({"email": ["1", "2", "3", "4", "5"]}, "email") == "limit_email"
+    assert IdentityRules(max_identifiers=2).room_for({"email": ["1"], "phone": ["2"]}, "cookie_id") == "identifier_cap"
+
+
+def test_identifier_limits_come_from_the_environment() -> None:
+    rules = Settings.from_env({"OMNI_IDENTIFIER_LIMITS": "email=2, device_id=4"}).identity_rules()
+    assert rules.limits["email"] == 2 and rules.limits["device_id"] == 4 and rules.limits["customer_id"] == 1
+    with pytest.raises(ValueError, match="unknown identifier types"):
+        Settings.from_env({"OMNI_IDENTIFIER_LIMITS": "fax=1"}).identity_rules()
+
+
+def test_merging_profiles_sums_counters_and_counts_a_shared_order_once() -> None:
+    limits = ProfileLimits()
+    a, b = new_profile("customer_id:C1"), new_profile("cookie_id:ck")
+    order = {"order_id": "O1", "ts": 1.0, "channel": "web", "total": 20.0, "currency": "EUR", "skus": ["MUG-002"],
+             "store_id": None, "event_id": "e1"}  # fmt: skip
+    a.update(counters={"purchase": 1}, purchases=[order], lifetime_value={"EUR": 20.0}, last_seen=5.0, consent={"email": True})
+    b.update(counters={"purchase": 1, "product_view": 3}, purchases=[dict(order)], lifetime_value={"EUR": 20.0},
+             cart={"MUG-002": {"qty": 1, "price": 10.0, "ts": 0.5}, "BAG-100": {"qty": 1, "price": 5.0, "ts": 2.0}},
+             last_seen=9.0, consent={"email": False}, locale="da")  # fmt: skip
+    merge_profiles(a, b, limits)
+    assert a["counters"] == {"purchase": 2, "product_view": 3}
+    assert len(a["purchases"]) == 1 and a["lifetime_value"] == {"EUR": 20.0}
+    assert list(a["cart"]) == ["BAG-100"]  # the mug was bought after it was carted
+    assert a["consent"] == {"email": False} and a["locale"] == "da" and a["last_seen"] == 9.0
+    assert a["identifiers"] == {"customer_id": ["C1"], "cookie_id": ["ck"]}

@@ -25,3 +25,12 @@ def test_normalise_identifiers_reports_what_it_dropped() -> None:
     )
     assert clean == {"customer_id": "C1", "phone": "+4520123456"}
     assert sorted(dropped) == [("cookie_id", "junk"), ("email", "invalid")]
+
+
+def test_blocked_identifiers_never_identify_anyone() -> None:
+    blocked = frozenset({"kiosk-1", "email:test@shop.dk"})
+    clean, dropped = normalise_identifiers(
+        {"device_id": "kiosk-1", "email": " Test@Shop.dk ", "cookie_id": "kiosk-1x"}, "DK", blocked
+    )
+    assert clean == {"cookie_id": "kiosk-1x"}
+    assert sorted(dropped) == [("device_id", "blocked"), ("email", "blocked")]

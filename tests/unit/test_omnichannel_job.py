@@ -29,5 +29,5 @@ def test_an_event_that_cannot_be_forwarded_is_dead_lettered_not_a_crash() -> Non
     out = Outbox(job.partition_counts)
     job.on_source(TopicPartition("u.channel.web", 0), records, time.time(), out, owned={})  # owns no profile: forwards
     sent = {topic: recs for (topic, _), recs in out.take().items()}
-    assert [orjson.loads(r.value)["event_id"] for r in sent["u.internal.events-by-customer"]] == ["ev-1"]
+    assert [orjson.loads(r.value)["event"]["event_id"] for r in sent["u.internal.events-by-customer"]] == ["ev-1"]
     assert [dict(r.headers)["dlq.reason"] for r in sent["u.deadletter"]] == [b"invalid_event"]

@@ -18,7 +18,7 @@ def test_profile_remembers_channels_purchases_cart_and_value() -> None:
     assert set(p["channels"]) == {"app", "web", "store"}
     assert list(p["cart"]) == ["MUG-002"] and p["cart"]["MUG-002"]["qty"] == 2
     assert len(p["purchases"]) == 1 and p["lifetime_value"] == {"EUR": 10.0}
-    assert p["identifiers"]["device_id"] == ["d1"]
+    assert p["identifiers"] == {"customer_id": ["C1"]}  # others come through identity resolution
     assert p["consent"] == {"sms": False}
     assert p["counters"]["purchase"] == 2
 

@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 
@@ -72,8 +73,8 @@ def test_processor_schedules_fires_once_and_reloads_timers_from_the_store() -> N
     store = MemoryStore()
     state = PartitionState.open(0, store)
     e = clean(purchase("C1", "e1", ["VAC-100"]))
-    processor.apply(state, "customer_id:C1", e)
-    processor.apply(state, "customer_id:C1", e)  # redelivered
+    for _ in range(2):  # the second time redelivered
+        processor.handle(state, "customer_id:C1", {"op": "apply", "event": e}, time.time(), [], [])
     assert processor.tally.duplicates == 1
     store.write(state.txn.take(), 0)
     reopened = PartitionState.open(0, store)

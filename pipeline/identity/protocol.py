@@ -1,0 +1,350 @@
+"""Identity resolution across partitions: identifiers and profiles as actors.
+
+Every identifier (``email:anna@example.dk``) and every profile has a key, and a key
+lives in the state partition its name hashes to. An identifier's entry holds the id
+of the profile that owns it; a profile holds its identifiers. Nothing reads another
+partition's state: actors change only their own entry and send messages, which the
+engine delivers through the repartition topic (or at once, when this worker owns
+the target). A profile's id is its founding identifier, so a customer who is never
+merged has identifier and profile in the same partition and costs no extra hop.
+
+The protocol, one event at a time:
+
+1. ``ev`` goes to the event's strongest identifier. Unowned, it founds a profile
+   with its own name; either way the event goes on to the owner as ``apply``.
+2. ``apply`` updates the profile and claims each identifier of the event the profile
+   does not hold yet (``claim``), adding it at once so actions can use it.
+3. An unowned identifier accepts the claim (``claimed``). One owned by another
+   profile answers ``conflict``: the event links two profiles, and they merge.
+4. Of two profiles the one with the smaller id (:func:`rules.order_key`) survives.
+   It locks itself, so that it judges one merge at a time against the identifiers
+   it really has, and asks the other to ``absorb`` into it. The other checks the
+   limits on the union; if they hold it sends its whole state (``absorbed``) and
+   becomes a tombstone pointing at the survivor, else it answers ``refused`` and the
+   identifier that linked them is left out. The survivor unlocks and repoints every
+   identifier of the merged profile to itself.
+
+Why it converges: a message for a tombstone is forwarded to its survivor, and
+survivors only ever have smaller ids, so forwarding ends. A profile that is itself
+merging defers an ``absorb`` until it is done; it waits only on larger ids, so no
+two profiles wait on each other. Every message can arrive twice after a crash
+(outputs are at-least-once): each handler recognises a repeat (events by id, merges
+by the survivor's history, claims and repoints by the current owner).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.identity.rules import IdentityRules, order_key, split_id
+from pipeline.profiles.merge import merge_profiles
+from pipeline.profiles.profile import ProfileLimits, new_profile
+from pipeline.state.partition import PartitionState
+
+ID_PREFIX = b"i|"
+IDENTIFIER_OPS = frozenset({"ev", "claim", "repoint", "release"})
+
+Message = dict[str, Any]
+Outbox = list[tuple[str, Message]]  # (key of the target actor, message)
+ApplyEvent = Callable[[PartitionState, str, dict[str, Any], dict[str, Any]], bool]
+
+
+def id_key(identifier: str) -> bytes:
+    return ID_PREFIX + identifier.encode()
+
+
+def is_tombstone(value: dict[str, Any] | None) -> bool:
+    return value is not None and "merged_into" in value
+
+
+def lineage(profile: dict[str, Any]) -> set[str]:
+    """The ids of every profile merged into this one, directly or not."""
+    return {m["profile"] for m in profile["merged"]}
+
+
+@dataclass(slots=True)
+class IdentityTally:
+    merges: int = 0
+    refused: Counter = field(default_factory=Counter)  # reason
+    left_out: Counter = field(default_factory=Counter)  # (identifier type, reason)
+
+
+class IdentityProtocol:
+    def __init__(self, rules: IdentityRules, limits: ProfileLimits, apply_event: ApplyEvent) -> None:
+        self.rules = rules
+        self.limits = limits
+        self.apply_event = apply_event  # the profile's own business: False for a duplicate event
+        self.tally = IdentityTally()
+
+    def handle(self, state: PartitionState, target: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
+        """Run one message addressed to ``target``, an identifier or a profile in ``state``."""
+        op = msg["op"]
+        if op in IDENTIFIER_OPS:
+            getattr(self, f"_id_{op}")(state, target, msg, out)
+            return
+        key = target.encode()
+        profile = state.txn.get(key)
+        if profile is not None and "merged_into" in profile and op != "absorb":
+            # Merged away: the survivor answers for it. Marked, so that it travels behind our
+            # state through the topic and never overtakes it: an event applied to the survivor
+            # before the state that already holds it arrives would count twice.
+            out.append((profile["merged_into"], {**msg, "forwarded": True}))
+            return
+        if profile is None:
+            # Its founding event may still be on its way (messages from different
+            # partitions can overtake each other): it starts here and catches up.
+            profile = new_profile(target)
+        elif "lock" not in profile:  # written before identity resolution
+            profile.update(merged=[], claims=[], lock=None, queue=[])
+        getattr(self, f"_p_{op}")(state, target, profile, msg, now, out, merges)
+        if not is_tombstone(profile):
+            state.txn.set(key, profile)
+
+    # --- identifier actors ---------------------------------------------------------
+
+    def _id_ev(self, state: PartitionState, ident: str, msg: Message, out: Outbox) -> None:
+        owner = state.txn.get(id_key(ident))
+        if owner is None:
+            owner = ident  # a new customer: the profile takes the identifier's name
+            state.txn.set(id_key(ident), owner)
+        out.append((owner, {"op": "apply", "event": msg["event"]}))
+
+    def _id_claim(self, state: PartitionState, ident: str, msg: Message, out: Outbox) -> None:
+        claimant = msg["profile"]
+        owner = state.txn.get(id_key(ident))
+        if owner is None:
+            owner = claimant
+            state.txn.set(id_key(ident), owner)
+        if owner == claimant:
+            out.append((claimant, {"op": "claimed", "id": ident, "profile": claimant}))
+        else:
+            out.append((claimant, {"op": "conflict", "id": ident, "owner": owner, "trigger": msg["trigger"]}))
+
+    def _id_repoint(self, state: PartitionState, ident: str, msg: Message, out: Outbox) -> None:
+        if state.txn.get(id_key(ident)) in msg["from"]:
+            state.txn.set(id_key(ident), msg["profile"])
+
+    def _id_release(self, state: PartitionState, ident: str, msg: Message, out: Outbox) -> None:
+        if state.txn.get(id_key(ident)) in msg["from"]:
+            state.txn.delete(id_key(ident))
+
+    # --- profile actors: events and claims -------------------------------------------
+
+    def _p_apply(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                 out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        event = msg["event"]
+        if not self.apply_event(state, pid, profile, event):
+            return  # a duplicate: its claims went out the first time
+        for kind, value in event["identifiers"].items():
+            self._claim(pid, profile, f"{kind}:{value}", event["event_id"], out)
+
+    def _claim(self, pid: str, profile: dict[str, Any], ident: str, trigger: str, out: Outbox) -> None:
+        kind, value = split_id(ident)
+        owned = profile["identifiers"]
+        values = owned.get(kind)
+        if values and value in values:
+            if values[-1] != value:  # most recently used last: channel choice takes the last
+                values.remove(value)
+                values.append(value)
+            return
+        if profile["lock"] is not None:
+            # Mid-merge the limits are being judged on the identifiers we hold now.
+            profile["queue"].append({"op": "claim_later", "id": ident, "trigger": trigger})
+            return
+        reason = self.rules.room_for(owned, kind)
+        if reason is not None:
+            self.tally.left_out[(kind, reason)] += 1
+            return
+        owned.setdefault(kind, []).append(value)  # at once: an action due now may need it
+        profile["claims"].append(ident)
+        out.append((ident, {"op": "claim", "profile": pid, "trigger": trigger}))
+
+    def _p_claim_later(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                       out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        self._claim(pid, profile, msg["id"], msg["trigger"], out)
+
+    def _p_claimed(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                   out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        ident = msg["id"]
+        kind, value = split_id(ident)
+        if ident in profile["claims"]:
+            profile["claims"].remove(ident)
+        elif value not in profile["identifiers"].get(kind, ()):
+            # Dropped since the claim left (a refused merge): give the identifier back.
+            out.append((ident, {"op": "release", "from": [pid, msg["profile"]]}))
+            return
+        if msg["profile"] != pid:  # claimed by a profile merged into us since
+            out.append((ident, {"op": "repoint", "profile": pid, "from": [msg["profile"]]}))
+
+    def _p_conflict(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                    out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        ident, owner = msg["id"], msg["owner"]
+        if ident not in profile["claims"]:
+            return  # a repeat
+        profile["claims"].remove(ident)
+        if owner == pid or owner in lineage(profile):
+            out.append((ident, {"op": "repoint", "profile": pid, "from": [owner]}))
+            return
+        link = {"via": ident, "owner": owner, "claimant": pid, "trigger": msg["trigger"]}
+        self._merge(pid, profile, owner, link, out)
+
+    def _p_drop(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        self._drop(pid, profile, msg)
+
+    def _drop(self, pid: str, profile: dict[str, Any], link: Message) -> None:
+        """A refused merge: the claimant gives up the identifier that linked the two."""
+        if link["owner"] == pid or link["owner"] in lineage(profile):
+            return  # it is ours after all (we absorbed its owner meanwhile)
+        kind, value = split_id(link["via"])
+        values = profile["identifiers"].get(kind, [])
+        if value in values:
+            values.remove(value)
+            if not values:
+                del profile["identifiers"][kind]
+        if link["via"] in profile["claims"]:
+            profile["claims"].remove(link["via"])
+
+    # --- profile actors: merges ----------------------------------------------------------
+
+    def _p_merge(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                 out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        self._merge(pid, profile, msg["loser"], _link(msg), out)
+
+    def _merge(self, pid: str, profile: dict[str, Any], other: str, link: Message, out: Outbox) -> None:
+        """Start merging ``other`` into us, or ask it to take us, whichever id survives."""
+        if other == pid or other in lineage(profile):
+            return
+        if order_key(other) < order_key(pid):
+            out.append((other, {"op": "merge", "loser": pid, **link}))
+            return
+        if profile["lock"] is not None:
+            # Another identifier linking the same pair is a merge of its own: if the first is
+            # refused, this one must be judged (and its identifier dropped) too.
+            request = {"op": "merge", "loser": other, **link}
+            if profile["lock"] != {"profile": other, "via": link["via"]} and request not in profile["queue"]:
+                profile["queue"].append(request)
+            return
+        if len(profile["merged"]) >= self.rules.max_merges:
+            self._refuse(pid, profile, "merge_cap", link, out)
+            return
+        profile["lock"] = {"profile": other, "via": link["via"]}
+        out.append((other, {
+            "op": "absorb", "into": pid, "identifiers": profile["identifiers"], "merges": len(profile["merged"]), **link,
+        }))  # fmt: skip
+
+    def _p_absorb(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                  out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        self._absorb(state, pid, profile, msg, out)
+
+    def _absorb(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, out: Outbox) -> None:
+        survivor, link = msg["into"], _link(msg)
+        if is_tombstone(profile):
+            if profile["merged_into"] == survivor:  # a repeat: the survivor may have lost our state in a crash
+                out.append((survivor, {"op": "absorbed", "loser": pid, "state": profile["state"], **link}))
+            else:
+                out.append((survivor, {"op": "redirect", "loser": pid, "now_in": profile["merged_into"], **link}))
+            return
+        if profile["lock"] is not None:
+            profile["queue"].append(msg)  # we are absorbing someone ourselves: after that
+            return
+        reason = self.rules.merge_breaks(msg["identifiers"], profile["identifiers"])
+        if reason is None and msg["merges"] + len(profile["merged"]) + 1 > self.rules.max_merges:
+            reason = "merge_cap"
+        if reason is not None:
+            if link["claimant"] == pid:
+                self._drop(pid, profile, link)
+            out.append((survivor, {"op": "refused", "loser": pid, "reason": reason, **link}))
+            return
+        for timer_id, timer in profile["timers"].items():
+            state.unschedule(timer["due"], pid, timer_id)  # they move to the survivor
+        waiting, profile["queue"] = profile["queue"], []
+        transferred = copy.deepcopy(profile)
+        profile.clear()
+        profile.update({"merged_into": survivor, "state": transferred})
+        state.txn.set(pid.encode(), profile)
+        out.append((survivor, {"op": "absorbed", "loser": pid, "state": transferred, **link}))
+        for waited in waiting:
+            if waited["op"] == "absorb":  # another survivor wanted us: tell it where we went
+                self._absorb(state, pid, profile, waited, out)
+            else:  # our own business, now the survivor's
+                out.append((survivor, {**waited, "forwarded": True}))
+
+    def _p_absorbed(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                    out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        loser, taken = msg["loser"], msg["state"]
+        if loser in lineage(profile):
+            return  # a repeat
+        moved_timers = [(tid, t) for tid, t in taken["timers"].items() if tid not in profile["timers"]]
+        merge_profiles(profile, taken, self.limits)
+        for timer_id, timer in moved_timers:
+            state.schedule(timer["due"], pid, timer_id)
+        profile["claims"].extend(c for c in taken["claims"] if c not in profile["claims"])
+        profile["merged"].extend(taken["merged"])
+        profile["merged"].append({
+            "profile": loser, "via": msg["via"], "trigger": msg["trigger"], "at": now, "identifiers": taken["identifiers"],
+        })  # fmt: skip
+        former = [loser, *(m["profile"] for m in taken["merged"])]
+        for kind, values in taken["identifiers"].items():
+            for value in values:
+                out.append((f"{kind}:{value}", {"op": "repoint", "profile": pid, "from": former}))
+        merges.append({"survivor": pid, "merged": loser, "identifiers": taken["identifiers"], "trigger_event_id": msg["trigger"]})
+        self.tally.merges += 1
+        if _locked_on(profile) == loser:
+            profile["lock"] = None
+            self._drain(state, pid, profile, out)
+
+    def _p_refused(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                   out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        if profile["lock"] != {"profile": msg["loser"], "via": msg["via"]}:
+            return  # a repeat
+        profile["lock"] = None
+        self._count_refusal(msg["reason"], msg["via"])
+        if msg["claimant"] == pid:
+            self._drop(pid, profile, msg)
+        self._drain(state, pid, profile, out)
+
+    def _p_redirect(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                    out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        if profile["lock"] != {"profile": msg["loser"], "via": msg["via"]}:
+            return  # a repeat
+        profile["lock"] = None  # the profile we wanted was merged elsewhere: merge with where it went
+        self._merge(pid, profile, msg["now_in"], _link(msg), out)
+        self._drain(state, pid, profile, out)
+
+    def _refuse(self, pid: str, profile: dict[str, Any], reason: str, link: Message, out: Outbox) -> None:
+        self._count_refusal(reason, link["via"])
+        if link["claimant"] == pid:
+            self._drop(pid, profile, link)
+        else:
+            out.append((link["claimant"], {"op": "drop", **link}))
+
+    def _count_refusal(self, reason: str, via: str) -> None:
+        self.tally.refused[reason] += 1
+        self.tally.left_out[(split_id(via)[0], reason)] += 1
+
+    def _drain(self, state: PartitionState, pid: str, profile: dict[str, Any], out: Outbox) -> None:
+        """Unlocked: run what waited for the merge, until one of them locks us again."""
+        queue = profile["queue"]
+        while queue and not is_tombstone(profile) and profile["lock"] is None:
+            msg = queue.pop(0)
+            if msg["op"] == "claim_later":
+                self._claim(pid, profile, msg["id"], msg["trigger"], out)
+            elif msg["op"] == "merge":
+                self._merge(pid, profile, msg["loser"], _link(msg), out)
+            else:  # absorb: if it succeeds, the rest of the queue goes to the survivor with us
+                self._absorb(state, pid, profile, msg, out)
+
+
+def _locked_on(profile: dict[str, Any]) -> str | None:
+    lock = profile["lock"]
+    return None if lock is None else lock["profile"]
+
+
+def _link(msg: Message) -> Message:
+    """What a merge carries along: the identifier that linked, its owner, who claimed it, why."""
+    return {"via": msg["via"], "owner": msg["owner"], "claimant": msg["claimant"], "trigger": msg["trigger"]}

@@ -1,0 +1,79 @@
+"""Folding one customer profile into another when identity resolution links them.
+
+Everything moves: nothing the merged profile knew may be lost, and nothing may
+count twice. The identity protocol decides *whether* two profiles merge; this
+module only says what the merged profile looks like.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.profiles.profile import DIGEST_CHARS, ProfileLimits
+
+
+def merge_profiles(survivor: dict[str, Any], merged: dict[str, Any], limits: ProfileLimits) -> None:
+    """Fold ``merged`` into ``survivor`` in place.
+
+    Rules: identifiers and carts are united, counters and lifetime value summed
+    (an order both profiles hold is counted once), first/last seen and per-channel
+    last seen take the earlier/later time, purchases and views keep the most recent.
+    Consent withdrawn in either profile stays withdrawn: without the time of each
+    decision, sending to someone who said no is the worse mistake.
+    """
+    newer, older = (merged, survivor) if (merged["last_seen"] or 0) > (survivor["last_seen"] or 0) else (survivor, merged)
+
+    for kind, values in merged["identifiers"].items():
+        mine = survivor["identifiers"].setdefault(kind, [])
+        mine.extend(v for v in values if v not in mine)
+
+    if merged["first_seen"] is not None and (survivor["first_seen"] is None or merged["first_seen"] < survivor["first_seen"]):
+        survivor["first_seen"] = merged["first_seen"]
+    if merged["last_seen"] is not None and (survivor["last_seen"] is None or merged["last_seen"] > survivor["last_seen"]):
+        survivor["last_seen"] = merged["last_seen"]
+    for channel, ts in merged["channels"].items():
+        if ts > survivor["channels"].get(channel, 0.0):
+            survivor["channels"][channel] = ts
+    for name, count in merged["counters"].items():
+        survivor["counters"][name] = survivor["counters"].get(name, 0) + count
+
+    _merge_purchases(survivor, merged, limits)
+
+    for sku, line in merged["cart"].items():
+        mine = survivor["cart"].get(sku)
+        if mine is None or line["ts"] > mine["ts"]:
+            survivor["cart"][sku] = line
+    for sku, line in list(survivor["cart"].items()):
+        if _bought_after(survivor, sku, line["ts"]):  # carted as one identity, bought as the other
+            del survivor["cart"][sku]
+
+    viewed = [s for s in older["viewed"] if s not in newer["viewed"]] + list(newer["viewed"])
+    survivor["viewed"] = viewed[-limits.views_kept :]
+
+    for channel, granted in merged["consent"].items():
+        survivor["consent"][channel] = granted and survivor["consent"].get(channel, True)
+    survivor["locale"] = newer["locale"] or older["locale"]
+
+    survivor["timers"].update({tid: t for tid, t in merged["timers"].items() if tid not in survivor["timers"]})
+    actions = {**merged["actions"], **survivor["actions"]}
+    survivor["actions"] = dict(sorted(actions.items(), key=lambda kv: kv[1])[-limits.actions_kept :])
+
+    seen = merged.get("seen_events", "") + survivor.get("seen_events", "")
+    survivor["seen_events"] = seen[-limits.dedup_window * DIGEST_CHARS :]
+
+
+def _merge_purchases(survivor: dict[str, Any], merged: dict[str, Any], limits: ProfileLimits) -> None:
+    mine = {p["order_id"] for p in survivor["purchases"]}
+    ltv = survivor["lifetime_value"]
+    for currency, total in merged["lifetime_value"].items():
+        ltv[currency] = round(ltv.get(currency, 0.0) + total, 2)
+    for p in merged["purchases"]:
+        if p["order_id"] in mine:  # one order seen under both identities: counted once
+            ltv[p["currency"]] = round(ltv[p["currency"]] - p["total"], 2)
+    purchases = survivor["purchases"] + [p for p in merged["purchases"] if p["order_id"] not in mine]
+    purchases.sort(key=lambda p: p["ts"])
+    survivor["purchases"] = purchases[-limits.purchases_kept :]
+
+
+def _bought_after(profile: dict[str, Any], sku: str, since: float) -> bool:
+    return any(sku in p["skus"] and p["ts"] >= since for p in profile["purchases"])
