@@ -41,8 +41,7 @@ from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
 MERGES = "identity.merges"
-LOCAL_OPS = frozenset({"ev", "apply", "product"})  # carry an event; may run here at once when we own the target
-APPLY_OPS = frozenset({"apply", "product"})
+LOCAL_OPS = frozenset({"ev", "apply", "product", "claimed"})  # may run at once when we own the target (see _deliver)
 
 
 class OmnichannelJob(Job):
@@ -93,21 +92,26 @@ class OmnichannelJob(Job):
         """Run a message and everything it leads to here, or send it to the partition that owns its target.
 
         Events on their first hop to a profile run at once when this worker owns the target:
-        that is the common path, and it costs no trip through the broker. Identity-protocol
-        steps, and events a merged profile forwards, always go through the state topic, even
-        to a partition owned here: the topic keeps them in order from one partition to
-        another, across rebalances too, and the protocol relies on that order (a merged
-        profile's state reaches the survivor before the events it forwards).
+        that is the common path, and it costs no trip through the broker. So does ``claimed``,
+        the answer to a profile's own claim, which it can only meet after sending that claim.
+        Other identity-protocol steps, and everything a merged profile forwards, always go
+        through the state topic, even to a partition owned here: the topic keeps them in order
+        from one partition to another, across rebalances too, and the protocol relies on that
+        order (a merged profile's state reaches the survivor before the events it forwards; a
+        ``release`` of an identifier reaches it before a later claim of it). Simulated runs that
+        also took claims and conflicts this shortcut broke the graph.
         """
         state_topic, partitions = self.state_topic, self.partition_counts[self.state_topic]
-        pending: deque[tuple[str, Message]] = deque([(target, msg)])
+        processor = self.processor
+        applied = processor.applied
+        pending: deque[tuple[str, Message]] | None = None
         first = True
-        while pending:
-            target, msg = pending.popleft()
+        while True:
             key = target.encode()
             partition = partition_for(key, partitions)
             state = owned.get(partition)
-            if state is None or (not first and (msg["op"] not in LOCAL_OPS or "forwarded" in msg)):
+            op = msg["op"]
+            if state is None or (not first and (op not in LOCAL_OPS or "forwarded" in msg)):
                 try:
                     value = orjson.dumps(msg)
                 except TypeError as exc:
@@ -117,25 +121,32 @@ class OmnichannelJob(Job):
                     return
                 # Keep the arrival time, so latency is measured from the input topic.
                 out.add(state_topic, key, value, (), rec.timestamp, partition)
-                continue
-            first = False
-            try:
-                if msg["op"] == "product":
-                    self.processor.apply_product(state, target, msg["event"])
-                else:
-                    produced: list[tuple[str, Message]] = []
-                    merges: list[Message] = []
-                    self.processor.handle(state, target, msg, now, produced, merges)
-                    pending.extend(produced)
-                    for merge in merges:
-                        out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
-            except Exception as exc:  # a bug must not become a crash loop on one record
-                log.exception("processing %s at %s:%d@%d failed", msg["op"], source.topic, source.partition, rec.offset)
-                self.processor.tally.deadletter[("processing_error", REPARTITION)] += 1
-                self._dead_letter(rec, source, bug(exc), out)
-                return
-            if msg["op"] in APPLY_OPS:
-                self.latencies.append(now - rec.timestamp / 1000)
+            else:
+                first = False
+                try:
+                    if op == "product":
+                        processor.apply_product(state, target, msg["event"])
+                    else:
+                        produced: list[tuple[str, Message]] = []
+                        merges: list[Message] = []
+                        processor.handle(state, target, msg, now, produced, merges)
+                        if produced:
+                            if pending is None:
+                                pending = deque(produced)
+                            else:
+                                pending.extend(produced)
+                        for merge in merges:
+                            out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
+                except Exception as exc:  # a bug must not become a crash loop on one record
+                    log.exception("processing %s at %s:%d@%d failed", op, source.topic, source.partition, rec.offset)
+                    processor.tally.deadletter[("processing_error", REPARTITION)] += 1
+                    self._dead_letter(rec, source, bug(exc), out)
+                    return
+            if not pending:
+                break
+            target, msg = pending.popleft()
+        if processor.applied != applied:
+            self.latencies.append(now - rec.timestamp / 1000)
 
     def _refuse_unwritable(self, rec: Any, source: TopicPartition, exc: TypeError, out: Outbox) -> None:
         rejection = Rejection("invalid_event", f"cannot be forwarded: {exc}")

@@ -53,6 +53,7 @@ class Processor:
         self.rules = [ConsumablesFollowUp(catalogue)]
         self.identity = IdentityProtocol(settings.identity_rules(), self.limits, self._apply_to_profile)
         self.tally = Tallies()
+        self.applied = 0  # events applied to state so far: the engine times each record that raised it
 
     # --- step 1: ingest ---------------------------------------------------------
 
@@ -75,6 +76,7 @@ class Processor:
         product = state.txn.get(skey) or new_product(key)
         apply_inventory(product, event)
         state.txn.set(skey, product)
+        self.applied += 1
         self.tally.processed[event["type"]] += 1
 
     def handle(self, state: PartitionState, target: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
@@ -85,6 +87,7 @@ class Processor:
         if seen_before(profile, event["event_id"], self.limits):
             self.tally.duplicates += 1
             return False
+        self.applied += 1
         apply_event(profile, event, self.limits)
         for rule in self.rules:
             for change in rule.on_event(profile, event):

@@ -43,9 +43,10 @@ from typing import Any
 from pipeline.identity.rules import IdentityRules, order_key, split_id
 from pipeline.profiles.merge import merge_profiles
 from pipeline.profiles.profile import ProfileLimits, new_profile
+from pipeline.state.base import IDENTIFIER_PREFIX
 from pipeline.state.partition import PartitionState
 
-ID_PREFIX = b"i|"
+ID_PREFIX = IDENTIFIER_PREFIX
 IDENTIFIER_OPS = frozenset({"ev", "claim", "repoint", "release"})
 
 Message = dict[str, Any]
@@ -79,15 +80,21 @@ class IdentityProtocol:
         self.limits = limits
         self.apply_event = apply_event  # the profile's own business: False for a duplicate event
         self.tally = IdentityTally()
+        # Dispatch by op, built once: a lookup per message, not a getattr of a formatted name.
+        self._identifier_ops = {op: getattr(self, f"_id_{op}") for op in IDENTIFIER_OPS}
+        self._profile_ops = {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("_p_")}
 
     def handle(self, state: PartitionState, target: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
         """Run one message addressed to ``target``, an identifier or a profile in ``state``."""
+        at_identifier = self._identifier_ops.get(msg["op"])
+        if at_identifier is not None:
+            at_identifier(state, target, msg, now, out, merges)
+        else:
+            self._at_profile(state, target, state.txn.get(target.encode()), msg, now, out, merges)
+
+    def _at_profile(self, state: PartitionState, target: str, profile: dict[str, Any] | None, msg: Message, now: float,
+                    out: Outbox, merges: list[Message]) -> None:  # fmt: skip
         op = msg["op"]
-        if op in IDENTIFIER_OPS:
-            getattr(self, f"_id_{op}")(state, target, msg, out)
-            return
-        key = target.encode()
-        profile = state.txn.get(key)
         if profile is not None and "merged_into" in profile and op != "absorb":
             # Merged away: the survivor answers for it. Marked, so that it travels behind our
             # state through the topic and never overtakes it: an event applied to the survivor
@@ -100,20 +107,29 @@ class IdentityProtocol:
             profile = new_profile(target)
         elif "lock" not in profile:  # written before identity resolution
             profile.update(merged=[], claims=[], lock=None, queue=[])
-        getattr(self, f"_p_{op}")(state, target, profile, msg, now, out, merges)
+        self._profile_ops[op](state, target, profile, msg, now, out, merges)
         if not is_tombstone(profile):
-            state.txn.set(key, profile)
+            state.txn.set(target.encode(), profile)
 
     # --- identifier actors ---------------------------------------------------------
 
-    def _id_ev(self, state: PartitionState, ident: str, msg: Message, out: Outbox) -> None:
+    def _id_ev(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
+        key = ident.encode()
+        profile = state.txn.get(key)
+        if profile is not None and "merged_into" not in profile and "lock" in profile:
+            # The common case, and the fast one: the profile this identifier founded is live, so
+            # the identifier is still its own (only merging it away repoints it). Same key, same
+            # partition: the event is applied here without reading the identifier's entry.
+            self._p_apply(state, ident, profile, msg, now, out, merges)
+            state.txn.set(key, profile)
+            return
         owner = state.txn.get(id_key(ident))
         if owner is None:
             owner = ident  # a new customer: the profile takes the identifier's name
             state.txn.set(id_key(ident), owner)
         out.append((owner, {"op": "apply", "event": msg["event"]}))
 
-    def _id_claim(self, state: PartitionState, ident: str, msg: Message, out: Outbox) -> None:
+    def _id_claim(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
         claimant = msg["profile"]
         owner = state.txn.get(id_key(ident))
         if owner is None:
@@ -124,11 +140,11 @@ class IdentityProtocol:
         else:
             out.append((claimant, {"op": "conflict", "id": ident, "owner": owner, "trigger": msg["trigger"]}))
 
-    def _id_repoint(self, state: PartitionState, ident: str, msg: Message, out: Outbox) -> None:
+    def _id_repoint(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
         if state.txn.get(id_key(ident)) in msg["from"]:
             state.txn.set(id_key(ident), msg["profile"])
 
-    def _id_release(self, state: PartitionState, ident: str, msg: Message, out: Outbox) -> None:
+    def _id_release(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
         if state.txn.get(id_key(ident)) in msg["from"]:
             state.txn.delete(id_key(ident))
 
@@ -139,7 +155,11 @@ class IdentityProtocol:
         event = msg["event"]
         if not self.apply_event(state, pid, profile, event):
             return  # a duplicate: its claims went out the first time
+        owned = profile["identifiers"]
         for kind, value in event["identifiers"].items():
+            values = owned.get(kind)
+            if values and values[-1] == value:
+                continue  # the usual case: held, and the one used last time
             self._claim(pid, profile, f"{kind}:{value}", event["event_id"], out)
 
     def _claim(self, pid: str, profile: dict[str, Any], ident: str, trigger: str, out: Outbox) -> None:

@@ -18,6 +18,7 @@ import orjson
 
 DELETED: Any = object()
 TIMER_PREFIX = b"t:"
+IDENTIFIER_PREFIX = b"i|"  # identity-graph entries (pipeline.identity.protocol)
 OFFSET_KEY = b"__changelog_offset__"
 TOPIC_KEY = b"__changelog_topic__"
 
@@ -165,4 +166,5 @@ class PartitionTransaction:
             self._encoded[key] = None
         else:
             self._encoded[key] = orjson.dumps(value)
-            self._cache[key] = value
+            if not key.startswith(IDENTIFIER_PREFIX):  # seldom read again: an event reaches a live
+                self._cache[key] = value  # profile by its own key, not through its identifiers

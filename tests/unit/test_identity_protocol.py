@@ -51,7 +51,7 @@ class Cluster:
 
     def send(self, source: int, target: str, msg: dict[str, Any]) -> None:
         if msg["op"] in LOCAL_OPS and "forwarded" not in msg and self.rng.random() < 0.5:
-            self.run(target, msg)  # the worker that sent it owns the target too
+            self.run(target, msg)  # the worker that sent it owns the target too: the engine's shortcut
             return
         self.links.setdefault((source, self.partition_of(target)), deque()).append((target, msg))
 
