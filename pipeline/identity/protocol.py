@@ -123,29 +123,30 @@ class IdentityProtocol:
             self._p_apply(state, ident, profile, msg, now, out, merges)
             state.txn.set(key, profile)
             return
-        owner = state.txn.get(id_key(ident))
-        if owner is None:
-            owner = ident  # a new customer: the profile takes the identifier's name
-            state.txn.set(id_key(ident), owner)
-        out.append((owner, {"op": "apply", "event": msg["event"]}))
+        entry = state.txn.get(id_key(ident))
+        if entry is None:
+            entry = [ident, None]  # a new customer: the profile takes the identifier's name
+            state.txn.set(id_key(ident), entry)
+        out.append((entry[0], {"op": "apply", "event": msg["event"]}))
 
     def _id_claim(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
-        claimant = msg["profile"]
-        owner = state.txn.get(id_key(ident))
-        if owner is None:
-            owner = claimant
-            state.txn.set(id_key(ident), owner)
-        if owner == claimant:
-            out.append((claimant, {"op": "claimed", "id": ident, "profile": claimant}))
+        claimant, trigger = msg["profile"], msg["trigger"]
+        entry = state.txn.get(id_key(ident))
+        if entry is None or entry[0] == claimant:
+            # Remember which claim made it ours: a release answering an older one must not undo it.
+            state.txn.set(id_key(ident), [claimant, trigger])
+            out.append((claimant, {"op": "claimed", "id": ident, "profile": claimant, "trigger": trigger}))
         else:
-            out.append((claimant, {"op": "conflict", "id": ident, "owner": owner, "trigger": msg["trigger"]}))
+            out.append((claimant, {"op": "conflict", "id": ident, "owner": entry[0], "trigger": trigger}))
 
     def _id_repoint(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
-        if state.txn.get(id_key(ident)) in msg["from"]:
-            state.txn.set(id_key(ident), msg["profile"])
+        entry = state.txn.get(id_key(ident))
+        if entry is not None and entry[0] in msg["from"]:
+            state.txn.set(id_key(ident), [msg["profile"], None])
 
     def _id_release(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
-        if state.txn.get(id_key(ident)) in msg["from"]:
+        entry = state.txn.get(id_key(ident))
+        if entry is not None and entry[0] in msg["from"] and entry[1] == msg["trigger"]:
             state.txn.delete(id_key(ident))
 
     # --- profile actors: events and claims -------------------------------------------
@@ -194,9 +195,13 @@ class IdentityProtocol:
         if ident in profile["claims"]:
             profile["claims"].remove(ident)
         elif value not in profile["identifiers"].get(kind, ()):
-            # Dropped since the claim left (a refused merge): give the identifier back.
-            out.append((ident, {"op": "release", "from": [pid, msg["profile"]]}))
-            return
+            # Dropped since this claim left (a repeat after a refused merge): it is ours now all
+            # the same, so hold it if it fits, else give it back.
+            if self.rules.room_for(profile["identifiers"], kind) is None:
+                profile["identifiers"].setdefault(kind, []).append(value)
+            else:
+                out.append((ident, {"op": "release", "from": [pid, msg["profile"]], "trigger": msg["trigger"]}))
+                return
         if msg["profile"] != pid:  # claimed by a profile merged into us since
             out.append((ident, {"op": "repoint", "profile": pid, "from": [msg["profile"]]}))
 

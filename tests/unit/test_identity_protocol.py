@@ -50,22 +50,30 @@ class Cluster:
         return partition_for(target.encode(), self.partitions)
 
     def send(self, source: int, target: str, msg: dict[str, Any]) -> None:
-        if msg["op"] in LOCAL_OPS and "forwarded" not in msg and self.rng.random() < 0.5:
-            self.run(target, msg)  # the worker that sent it owns the target too: the engine's shortcut
-            return
-        self.links.setdefault((source, self.partition_of(target)), deque()).append((target, msg))
+        self.run(target, msg, source)
 
     def inject(self, raw: dict[str, Any]) -> None:
         result = self.validator("channel." + raw["channel"], orjson.dumps(raw), time.time())
         assert isinstance(result, CleanEvent), result
         self.send(SOURCE, routing_key(result.data), {"op": "ev", "event": result.data})
 
-    def run(self, target: str, msg: dict[str, Any]) -> None:
-        partition = self.partition_of(target)
-        out: list[tuple[str, dict[str, Any]]] = []
-        self.processor.handle(self.states[partition], target, msg, time.time(), out, self.merges)
-        for next_target, next_msg in out:
-            self.send(partition, next_target, next_msg)
+    def run(self, target: str, msg: dict[str, Any], source: int | None = None) -> None:
+        """Run a message, and the steps it leads to that the engine would run at once, in its order.
+
+        As in ``OmnichannelJob._deliver``: a step for a partition the same worker owns may
+        run at once, after the steps produced before it; every other step waits on the link
+        between the two partitions, in order.
+        """
+        pending = deque([(source, target, msg)])
+        while pending:
+            source, target, msg = pending.popleft()
+            partition = self.partition_of(target)
+            if source is not None and not (msg["op"] in LOCAL_OPS and "forwarded" not in msg and self.rng.random() < 0.5):
+                self.links.setdefault((source, partition), deque()).append((target, msg))
+                continue
+            out: list[tuple[str, dict[str, Any]]] = []
+            self.processor.handle(self.states[partition], target, msg, time.time(), out, self.merges)
+            pending.extend((partition, t, m) for t, m in out)
 
     def settle(self, max_steps: int = 200_000) -> None:
         for _ in range(max_steps):
@@ -87,7 +95,7 @@ class Cluster:
         for state in self.states.values():
             for key, value in list(state.txn._dirty.items()):
                 if key.startswith(ID_PREFIX) and value is not DELETED:
-                    out[key[len(ID_PREFIX):].decode()] = value
+                    out[key[len(ID_PREFIX):].decode()] = value[0]  # [owner, the claim that made it so]
         return out
 
     def profiles(self) -> dict[str, dict[str, Any]]:
