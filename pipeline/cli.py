@@ -119,6 +119,20 @@ def cmd_watch(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def cmd_identity(args: argparse.Namespace) -> None:
+    from pipeline.identity.export import as_json_lines, graph_entries
+
+    settings = _need_bootstrap(_settings())
+    entries = asyncio.run(graph_entries(settings))
+    out = open(args.out, "wb") if args.out else sys.stdout.buffer
+    try:
+        out.writelines(as_json_lines(entries))
+    finally:
+        if args.out:
+            out.close()
+    print(f"identity graph: {len(entries)} identifiers, {len({e['profile_id'] for e in entries})} profiles", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from pipeline.ops.run import run_all
 
@@ -183,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("watch", help="live view of next-best-actions")
     p.add_argument("--metrics-url", default=None, help="a worker's /metrics for the pulse line")
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("identity", help="the identity graph")
+    p.add_argument("action", choices=["export"], help="export: every identifier and its profile, as JSON lines")
+    p.add_argument("--out", default=None, help="file to write (default: standard output)")
+    p.set_defaults(func=cmd_identity)
 
     p = sub.add_parser("bench", help="throughput benchmark")
     p.add_argument("--events", type=int, default=100_000)

@@ -1,0 +1,46 @@
+"""The identity graph as JSON lines, read from the state changelog.
+
+The changelog is the backup of every state partition, so the graph can be read
+without a worker and without its disk: replay each partition to its true end into
+memory and keep the identifier entries. It holds the graph as of the workers'
+last checkpoints (``OMNI_COMMIT_INTERVAL_S``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import orjson
+
+from pipeline import kafka
+from pipeline.identity.protocol import ID_PREFIX
+from pipeline.identity.rules import split_id
+from pipeline.ops.topics import CHANGELOG, load_topics
+from pipeline.settings import Settings
+from pipeline.state.changelog import restore
+from pipeline.state.memory import MemoryStore
+
+
+async def graph_entries(settings: Settings) -> list[dict[str, str]]:
+    """Every identifier with the profile that owns it, sorted by identifier."""
+    partitions = load_topics(settings.topics_file)[CHANGELOG].partitions
+    stores = {p: MemoryStore() for p in range(partitions)}
+    consumer = kafka.consumer(settings, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await restore(consumer, settings.topic(CHANGELOG), stores)  # type: ignore[arg-type]
+    finally:
+        await consumer.stop()
+    return sorted(_entries(stores.values()), key=lambda e: (e["identifier_type"], e["identifier"]))
+
+
+def _entries(stores: Iterable[MemoryStore]) -> Iterator[dict[str, str]]:
+    for store in stores:
+        for key, raw in store.items(ID_PREFIX):
+            kind, value = split_id(key[len(ID_PREFIX) :].decode())
+            yield {"identifier_type": kind, "identifier": value, "profile_id": orjson.loads(raw)[0]}
+
+
+def as_json_lines(entries: list[dict[str, str]]) -> Iterator[bytes]:
+    for entry in entries:
+        yield orjson.dumps(entry) + b"\n"
