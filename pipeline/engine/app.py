@@ -19,9 +19,8 @@ import faust
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pipeline import kafka
-from pipeline.identity.protocol import is_tombstone
 from pipeline.actions.catalogue import Catalogue
+from pipeline.engine.lookup import HOPS_HEADER, MAX_HOPS, ProfileLookup
 from pipeline.engine.loop import Engine
 from pipeline.engine.omnichannel import omnichannel_engine
 from pipeline.ops.metrics import Metrics
@@ -61,6 +60,13 @@ class EngineService(Service):
         await self.engine.stop()
 
 
+def _hops(request: faust.web.Request) -> int:
+    try:
+        return int(request.headers.get(HOPS_HEADER, "0"))
+    except ValueError:
+        return MAX_HOPS  # a garbled count is answered here, not passed on
+
+
 def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None = None) -> faust.App:
     metrics = metrics or Metrics()
     engine = omnichannel_engine(settings, catalogue, metrics)
@@ -94,18 +100,17 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
             {"ready": ready, "state_partitions": sorted(engine.state)}, status=200 if ready else 503
         )
 
+    lookup = ProfileLookup(engine, settings.default_phone_region)
+
+    @app.page("/profiles")
+    async def profile_lookup(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """``/profiles?email=anna@example.dk`` (any identifier type) or ``/profiles?id=customer_id:C1``."""
+        status, body = await lookup.answer(request.query, _hops(request))
+        return self.json(body, status=status)
+
     @app.page("/profiles/{key}")
     async def profile_page(self: faust.web.View, request: faust.web.Request, key: str) -> faust.web.Response:
-        n = engine.job.partition_counts[engine.job.state_topic]
-        partition = kafka.partition_for(key.encode(), n)
-        state = engine.state.get(partition)
-        if state is None:
-            return self.json({"error": f"partition {partition} is not owned by this worker"}, status=404)
-        profile = state.txn.get(key.encode())
-        if profile is None:
-            return self.json({"error": "no such profile"}, status=404)
-        if is_tombstone(profile):
-            return self.json({"error": "merged into another profile", "merged_into": profile["merged_into"]}, status=410)
-        return self.json(profile)
+        status, body = await lookup.by_id(key, _hops(request))
+        return self.json(body, status=status)
 
     return app

@@ -36,6 +36,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from pipeline import kafka
 from pipeline.engine.job import Job, Outbox
+from pipeline.engine.routing import RoutingAssignor
 from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
 from pipeline.settings import Settings
@@ -70,6 +71,8 @@ class Engine:
         self._flush_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        # Joins the group with our web address; every member learns who owns which partition.
+        self.routing = RoutingAssignor(f"http://{settings.web_host}:{settings.web_port}", job.state_topic)
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
         self.changelog_producer: AIOKafkaProducer
@@ -92,6 +95,7 @@ class Engine:
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             rebalance_timeout_ms=s.rebalance_timeout_ms,
             max_poll_interval_ms=max(60_000, s.rebalance_timeout_ms),
+            partition_assignment_strategy=(self.routing,),
         )
         await self.producer.start()
         await self.changelog_producer.start()

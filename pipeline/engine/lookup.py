@@ -1,0 +1,97 @@
+"""Profile lookup by any identifier, from whichever worker the request reaches.
+
+The identifier's entry lives in the partition its key hashes to, the profile in
+the partition of its id, and a merged profile points on to its survivor: each
+step is answered by the worker that owns that partition, found through the group's
+routing map (``routing.py``); a request for another worker's partition is passed
+on to it, at most ``MAX_HOPS`` times, so a map gone stale mid-rebalance cannot
+bounce a request around for ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from pipeline import kafka
+from pipeline.engine.loop import Engine
+from pipeline.identity.protocol import id_key
+from pipeline.ingest.contract import IDENTIFIER_TYPES
+from pipeline.ingest.normalise import normalise_one
+
+MAX_HOPS = 3
+HOPS_HEADER = "X-Omni-Hops"
+INTERNAL_FIELDS = ("seen_events", "claims", "lock", "queue")  # protocol bookkeeping, not the customer
+
+Answer = tuple[int, dict[str, Any]]
+
+
+class ProfileLookup:
+    def __init__(self, engine: Engine, region: str) -> None:
+        self.engine = engine
+        self.region = region
+        self.partitions = engine.job.partition_counts[engine.job.state_topic]
+
+    async def answer(self, query: Mapping[str, str], hops: int) -> Answer:
+        """``?email=...`` (any identifier type) or ``?id=<profile id>``: the unified profile."""
+        if len(query) != 1:  # a repeated parameter counts twice too
+            return 400, {"error": f"give exactly one of: id, {', '.join(IDENTIFIER_TYPES)}"}
+        ((kind, raw),) = query.items()
+        if kind == "id":
+            return await self._profile(raw, query, hops)
+        if kind not in IDENTIFIER_TYPES:
+            return 400, {"error": f"unknown identifier type {kind!r}; one of: id, {', '.join(IDENTIFIER_TYPES)}"}
+        value, reason = normalise_one(kind, raw, self.region)
+        if value is None:
+            return 400, {"error": f"{kind} {raw!r} is {reason}"}
+        identifier = f"{kind}:{value}"
+        state, elsewhere = await self._owner(identifier, query, hops)
+        if state is None:
+            return elsewhere  # type: ignore[return-value]
+        profile = state.txn.get(identifier.encode())
+        if profile is not None and "merged_into" not in profile:
+            return 200, _view(profile)  # the profile this identifier founded
+        entry = state.txn.get(id_key(identifier))
+        if entry is None:
+            return 404, {"error": f"no profile holds {identifier}"}
+        return await self._profile(entry[0], {"id": entry[0]}, hops)
+
+    async def by_id(self, pid: str, hops: int) -> Answer:
+        return await self._profile(pid, {"id": pid}, hops)
+
+    async def _profile(self, pid: str, query: Mapping[str, str], hops: int) -> Answer:
+        for _ in range(self.partitions + 1):  # a chain of merges is never longer than that in practice
+            state, elsewhere = await self._owner(pid, {"id": pid}, hops)
+            if state is None:
+                return elsewhere  # type: ignore[return-value]
+            profile = state.txn.get(pid.encode())
+            if profile is None:
+                return 404, {"error": f"no profile {pid}"}
+            if "merged_into" not in profile:
+                return 200, _view(profile)
+            pid = profile["merged_into"]
+        return 508, {"error": f"merge chain too long at {pid}"}
+
+    async def _owner(self, key: str, query: Mapping[str, str], hops: int) -> tuple[Any, Answer | None]:
+        """This worker's state for the key's partition, or the owner's answer to the same question."""
+        partition = kafka.partition_for(key.encode(), self.partitions)
+        state = self.engine.state.get(partition)
+        if state is not None:
+            return state, None
+        url = self.engine.routing.owners.get(partition)
+        if url is None or hops >= MAX_HOPS:
+            return None, (503, {"error": f"partition {partition} has no known owner right now; retry"})
+        async with aiohttp.ClientSession() as session:
+            async with session.get(
+                f"{url}/profiles", params=dict(query), headers={HOPS_HEADER: str(hops + 1)},
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as resp:  # fmt: skip
+                return None, (resp.status, await resp.json())
+
+
+def _view(profile: dict[str, Any]) -> dict[str, Any]:
+    view = {k: v for k, v in profile.items() if k not in INTERNAL_FIELDS}
+    view["merges"] = view.pop("merged", [])
+    return view
