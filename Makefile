@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install schemas clean
+.PHONY: run test bench identity-eval install schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[embedded,bench]'
 	$(BIN)/omni bench
+
+## The identity graph scored against the simulator's truth: 5,000 people, 2 workers, 8 partitions.
+identity-eval: $(STAMP)
+	$(BIN)/omni identity evaluate --people 5000 --workers 2 --partitions 8 --out bench/identity.json
 
 ## Regenerate schemas/ from the pydantic models.
 schemas: $(STAMP)

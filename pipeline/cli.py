@@ -19,6 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
+import orjson
+
 from pipeline.settings import PACKAGE_DATA, PROJECT_ROOT, Settings
 
 CATALOGUES = {"default": PACKAGE_DATA / "catalogue.yaml", "demo": PACKAGE_DATA / "catalogue.demo.yaml"}
@@ -122,6 +124,14 @@ def cmd_watch(args: argparse.Namespace) -> None:
 def cmd_identity(args: argparse.Namespace) -> None:
     from pipeline.identity.export import as_json_lines, graph_entries
 
+    if args.action == "evaluate":
+        from pipeline.identity.evaluate import evaluate
+
+        result = evaluate(args.people, args.workers, args.partitions, log=lambda line: print(line, file=sys.stderr))
+        if args.out:
+            Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        print(orjson.dumps(result).decode())
+        return
     settings = _need_bootstrap(_settings())
     entries = asyncio.run(graph_entries(settings))
     out = open(args.out, "wb") if args.out else sys.stdout.buffer
@@ -199,8 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("identity", help="the identity graph")
-    p.add_argument("action", choices=["export"], help="export: every identifier and its profile, as JSON lines")
+    p.add_argument("action", choices=["export", "evaluate"], help="export: every identifier and its profile, as "
+                   "JSON lines; evaluate: run a simulated population through the pipeline and score the graph")  # fmt: skip
     p.add_argument("--out", default=None, help="file to write (default: standard output)")
+    p.add_argument("--people", type=int, default=5000, help="evaluate: people in the population")
+    p.add_argument("--workers", type=int, default=2, help="evaluate: worker processes")
+    p.add_argument("--partitions", type=int, default=8, help="evaluate: state partitions")
     p.set_defaults(func=cmd_identity)
 
     p = sub.add_parser("bench", help="throughput benchmark")

@@ -39,6 +39,7 @@ class WorkerProcess:
             "OMNI_WEB_PORT": str(port),
             "OMNI_CATALOGUE_FILE": str(catalogue or settings.catalogue_file),
             "OMNI_COMMIT_INTERVAL_S": str(settings.commit_interval_s),
+            "OMNI_TOPICS_FILE": str(settings.topics_file),
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,

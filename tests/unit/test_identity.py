@@ -1,7 +1,9 @@
 import pytest
 
 from pipeline.identity.resolve import profile_key, routing_key
+from pipeline.identity.evaluate import score
 from pipeline.identity.rules import IdentityRules, order_key
+from pipeline.simulate.identities import World
 from pipeline.profiles.merge import merge_profiles
 from pipeline.profiles.profile import ProfileLimits, new_profile
 from pipeline.settings import Settings
@@ -54,3 +56,21 @@ def test_merging_profiles_sums_counters_and_counts_a_shared_order_once() -> None
     assert list(a["cart"]) == ["BAG-100"]  # the mug was bought after it was carted
     assert a["consent"] == {"email": False} and a["locale"] == "da" and a["last_seen"] == 9.0
     assert a["identifiers"] == {"customer_id": ["C1"], "cookie_id": ["ck"]}
+
+
+def test_score_counts_fused_people_and_missed_links() -> None:
+    world = World(
+        owner={"customer_id:A": 1, "email:a@x.dk": 1, "cookie_id:k": 1, "customer_id:B": 2, "device_id:tab": 1},
+        shared={"device_id:tab"},
+        links=[["customer_id:A", "email:a@x.dk"], ["email:a@x.dk", "cookie_id:k"], ["customer_id:B", "device_id:tab"]],
+    )
+    graph = [
+        {"identifier_type": "customer_id", "identifier": "A", "profile_id": "customer_id:A"},
+        {"identifier_type": "email", "identifier": "a@x.dk", "profile_id": "customer_id:A"},
+        {"identifier_type": "cookie_id", "identifier": "k", "profile_id": "customer_id:B"},  # fused with B, split from A
+        {"identifier_type": "customer_id", "identifier": "B", "profile_id": "customer_id:B"},
+        {"identifier_type": "device_id", "identifier": "tab", "profile_id": "customer_id:B"},  # shared: not counted
+    ]
+    s = score(graph, world)
+    assert (s.pairs_in_profiles, s.wrong_pairs, s.precision) == (2, 1, 0.5)
+    assert (s.linkable_pairs, s.linked_pairs, s.recall) == (3, 1, round(1 / 3, 6))
