@@ -133,6 +133,14 @@ def cmd_identity(args: argparse.Namespace) -> None:
         print(orjson.dumps(result).decode())
         return
     settings = _need_bootstrap(_settings())
+    if args.action == "split":
+        from pipeline.identity.split import request_split
+
+        if not args.profile or not args.identifier:
+            sys.exit("usage: omni identity split PROFILE --identifier TYPE:VALUE")
+        identifier = asyncio.run(request_split(settings, args.profile, args.identifier))
+        print(f"split of {identifier} from {args.profile} requested; identity.merges records it when done", file=sys.stderr)
+        return
     entries = asyncio.run(graph_entries(settings))
     out = open(args.out, "wb") if args.out else sys.stdout.buffer
     try:
@@ -209,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("identity", help="the identity graph")
-    p.add_argument("action", choices=["export", "evaluate"], help="export: every identifier and its profile, as "
-                   "JSON lines; evaluate: run a simulated population through the pipeline and score the graph")  # fmt: skip
+    p.add_argument("action", choices=["export", "split", "evaluate"], help="export: every identifier and its "
+                   "profile, as JSON lines; split: undo a wrong merge; evaluate: run a simulated population "
+                   "through the pipeline and score the graph")  # fmt: skip
+    p.add_argument("profile", nargs="?", help="split: the profile (any id it ever had)")
+    p.add_argument("--identifier", help="split: TYPE:VALUE to separate, with what came in with it")
     p.add_argument("--out", default=None, help="file to write (default: standard output)")
     p.add_argument("--people", type=int, default=5000, help="evaluate: people in the population")
     p.add_argument("--workers", type=int, default=2, help="evaluate: worker processes")

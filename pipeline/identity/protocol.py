@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.identity.rules import IdentityRules, order_key, split_id
-from pipeline.profiles.merge import merge_profiles
+from pipeline.profiles.merge import merge_profiles, unmerge_profiles
 from pipeline.profiles.profile import ProfileLimits, new_profile
 from pipeline.state.base import IDENTIFIER_PREFIX
 from pipeline.state.partition import PartitionState
@@ -95,7 +95,7 @@ class IdentityProtocol:
     def _at_profile(self, state: PartitionState, target: str, profile: dict[str, Any] | None, msg: Message, now: float,
                     out: Outbox, merges: list[Message]) -> None:  # fmt: skip
         op = msg["op"]
-        if profile is not None and "merged_into" in profile and op != "absorb":
+        if profile is not None and "merged_into" in profile and op not in ("absorb", "unmerge"):
             # Merged away: the survivor answers for it. Marked, so that it travels behind our
             # state through the topic and never overtakes it: an event applied to the survivor
             # before the state that already holds it arrives would count twice.
@@ -105,8 +105,8 @@ class IdentityProtocol:
             # Its founding event may still be on its way (messages from different
             # partitions can overtake each other): it starts here and catches up.
             profile = new_profile(target)
-        elif "lock" not in profile:  # written before identity resolution
-            profile.update(merged=[], claims=[], lock=None, queue=[])
+        elif "apart" not in profile:  # written before identity resolution, or before splits
+            profile.update({"merged": [], "claims": [], "lock": None, "queue": [], **profile, "apart": []})
         self._profile_ops[op](state, target, profile, msg, now, out, merges)
         if not is_tombstone(profile):
             state.txn.set(target.encode(), profile)
@@ -116,7 +116,7 @@ class IdentityProtocol:
     def _id_ev(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
         key = ident.encode()
         profile = state.txn.get(key)
-        if profile is not None and "merged_into" not in profile and "lock" in profile:
+        if profile is not None and "merged_into" not in profile and "apart" in profile:
             # The common case, and the fast one: the profile this identifier founded is live, so
             # the identifier is still its own (only merging it away repoints it). Same key, same
             # partition: the event is applied here without reading the identifier's entry.
@@ -257,9 +257,13 @@ class IdentityProtocol:
         if len(profile["merged"]) >= self.rules.max_merges:
             self._refuse(pid, profile, "merge_cap", link, out)
             return
+        if other in profile["apart"]:
+            self._refuse(pid, profile, "split", link, out)  # an operator split these two: never again
+            return
         profile["lock"] = {"profile": other, "via": link["via"]}
         out.append((other, {
-            "op": "absorb", "into": pid, "identifiers": profile["identifiers"], "merges": len(profile["merged"]), **link,
+            "op": "absorb", "into": pid, "identifiers": profile["identifiers"], "merges": len(profile["merged"]),
+            "apart": profile["apart"], "lineage": sorted(lineage(profile)), **link,
         }))  # fmt: skip
 
     def _p_absorb(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
@@ -280,6 +284,8 @@ class IdentityProtocol:
         reason = self.rules.merge_breaks(msg["identifiers"], profile["identifiers"])
         if reason is None and msg["merges"] + len(profile["merged"]) + 1 > self.rules.max_merges:
             reason = "merge_cap"
+        if reason is None and _kept_apart(pid, profile, survivor, msg):
+            reason = "split"
         if reason is not None:
             if link["claimant"] == pid:
                 self._drop(pid, profile, link)
@@ -309,6 +315,7 @@ class IdentityProtocol:
         for timer_id, timer in moved_timers:
             state.schedule(timer["due"], pid, timer_id)
         profile["claims"].extend(c for c in taken["claims"] if c not in profile["claims"])
+        profile["apart"].extend(a for a in taken.get("apart", ()) if a not in profile["apart"])
         profile["merged"].extend(taken["merged"])
         profile["merged"].append({
             "profile": loser, "via": msg["via"], "trigger": msg["trigger"], "at": now, "identifiers": taken["identifiers"],
@@ -321,7 +328,7 @@ class IdentityProtocol:
         self.tally.merges += 1
         if _locked_on(profile) == loser:
             profile["lock"] = None
-            self._drain(state, pid, profile, out)
+            self._drain(state, pid, profile, out, merges)
 
     def _p_refused(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                    out: Outbox, merges: list[Message]) -> None:  # fmt: skip
@@ -331,7 +338,7 @@ class IdentityProtocol:
         self._count_refusal(msg["reason"], msg["via"])
         if msg["claimant"] == pid:
             self._drop(pid, profile, msg)
-        self._drain(state, pid, profile, out)
+        self._drain(state, pid, profile, out, merges)
 
     def _p_redirect(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                     out: Outbox, merges: list[Message]) -> None:  # fmt: skip
@@ -339,7 +346,88 @@ class IdentityProtocol:
             return  # a repeat
         profile["lock"] = None  # the profile we wanted was merged elsewhere: merge with where it went
         self._merge(pid, profile, msg["now_in"], _link(msg), out)
-        self._drain(state, pid, profile, out)
+        self._drain(state, pid, profile, out, merges)
+
+    # --- splitting a wrong merge (an operator's command) ----------------------------------------
+
+    def _p_split(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                 out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        """Undo the merge that brought ``msg["identifier"]`` in; if none did, detach the identifier alone."""
+        ident = msg["identifier"]
+        kind, value = split_id(ident)
+        if value not in profile["identifiers"].get(kind, ()):
+            self.tally.refused["split_unknown_identifier"] += 1
+            return
+        if profile["lock"] is not None:
+            profile["queue"].append(msg)  # after the merge in progress
+            return
+        # The outermost merge that carried it (the last in the history holding it): the profile
+        # it came with, and everything that profile had absorbed before, leave together.
+        record = next((m for m in reversed(profile["merged"]) if value in m["identifiers"].get(kind, ())), None)
+        if record is None:  # ours from the start: it leaves alone, to a profile of its own
+            self._remove_identifiers(profile, {kind: [value]})
+            profile["apart"].append(ident)
+            out.append((ident, {"op": "repoint", "profile": ident, "from": [pid, *lineage(profile)]}))
+            out.append((ident, {"op": "detached", "from": pid}))
+            merges.append({"split": True, "survivor": pid, "separated": ident, "identifiers": {kind: [value]}, "by": msg["by"]})
+            return
+        profile["lock"] = {"profile": record["profile"], "via": "split"}
+        out.append((record["profile"], {
+            "op": "unmerge", "survivor": pid, "former": [pid, *lineage(profile)], "by": msg["by"],
+        }))  # fmt: skip
+
+    def _p_detached(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                    out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        if msg["from"] not in profile["apart"]:
+            profile["apart"].append(msg["from"])
+
+    def _p_unmerge(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                   out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        """Come back to life as we were when merged, and take our identifiers back."""
+        survivor = msg["survivor"]
+        if not is_tombstone(profile):
+            out.append((survivor, {"op": "unmerged", "loser": pid, "state": None, "by": msg["by"]}))  # a repeat
+            return
+        revived = copy.deepcopy(profile["state"])
+        revived.update(claims=[], lock=None, queue=[])
+        revived.setdefault("apart", []).append(survivor)
+        profile.clear()
+        profile.update(revived)
+        for timer_id, timer in profile["timers"].items():
+            state.schedule(timer["due"], pid, timer_id)
+        for kind, values in profile["identifiers"].items():
+            for value in values:
+                out.append((f"{kind}:{value}", {"op": "repoint", "profile": pid, "from": msg["former"]}))
+        out.append((survivor, {"op": "unmerged", "loser": pid, "state": profile, "by": msg["by"]}))
+
+    def _p_unmerged(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                    out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        loser, taken = msg["loser"], msg["state"]
+        if profile["lock"] != {"profile": loser, "via": "split"}:
+            return  # a repeat
+        profile["lock"] = None
+        if taken is not None:
+            for timer_id, timer in taken["timers"].items():
+                if profile["timers"].pop(timer_id, None) is not None:
+                    state.unschedule(timer["due"], pid, timer_id)
+            unmerge_profiles(profile, taken)
+            self._remove_identifiers(profile, taken["identifiers"])
+            gone = {loser, *(m["profile"] for m in taken["merged"])}
+            profile["merged"] = [m for m in profile["merged"] if m["profile"] not in gone]
+            merges.append({"split": True, "survivor": pid, "separated": loser, "identifiers": taken["identifiers"], "by": msg["by"]})
+        if loser not in profile["apart"]:
+            profile["apart"].append(loser)
+        self._drain(state, pid, profile, out, merges)
+
+    @staticmethod
+    def _remove_identifiers(profile: dict[str, Any], identifiers: dict[str, list[str]]) -> None:
+        for kind, values in identifiers.items():
+            mine = profile["identifiers"].get(kind, [])
+            for value in values:
+                if value in mine and profile["id"] != f"{kind}:{value}":  # the founding identifier stays
+                    mine.remove(value)
+            if not mine:
+                profile["identifiers"].pop(kind, None)
 
     def _refuse(self, pid: str, profile: dict[str, Any], reason: str, link: Message, out: Outbox) -> None:
         self._count_refusal(reason, link["via"])
@@ -352,7 +440,7 @@ class IdentityProtocol:
         self.tally.refused[reason] += 1
         self.tally.left_out[(split_id(via)[0], reason)] += 1
 
-    def _drain(self, state: PartitionState, pid: str, profile: dict[str, Any], out: Outbox) -> None:
+    def _drain(self, state: PartitionState, pid: str, profile: dict[str, Any], out: Outbox, merges: list[Message]) -> None:
         """Unlocked: run what waited for the merge, until one of them locks us again."""
         queue = profile["queue"]
         while queue and not is_tombstone(profile) and profile["lock"] is None:
@@ -361,8 +449,16 @@ class IdentityProtocol:
                 self._claim(pid, profile, msg["id"], msg["trigger"], out)
             elif msg["op"] == "merge":
                 self._merge(pid, profile, msg["loser"], _link(msg), out)
+            elif msg["op"] == "split":
+                self._p_split(state, pid, profile, msg, 0.0, out, merges)
             else:  # absorb: if it succeeds, the rest of the queue goes to the survivor with us
                 self._absorb(state, pid, profile, msg, out)
+
+
+def _kept_apart(pid: str, profile: dict[str, Any], survivor: str, msg: Message) -> bool:
+    """True when an operator split either side from the other (or from anything merged into it)."""
+    ours, theirs = {pid, *lineage(profile)}, {survivor, *msg["lineage"]}
+    return bool(ours & set(msg["apart"]) or theirs & set(profile["apart"]))
 
 
 def _locked_on(profile: dict[str, Any]) -> str | None:

@@ -77,3 +77,31 @@ def _merge_purchases(survivor: dict[str, Any], merged: dict[str, Any], limits: P
 
 def _bought_after(profile: dict[str, Any], sku: str, since: float) -> bool:
     return any(sku in p["skus"] and p["ts"] >= since for p in profile["purchases"])
+
+
+def unmerge_profiles(survivor: dict[str, Any], separated: dict[str, Any]) -> None:
+    """Take back out of ``survivor`` what ``separated`` brought when it was merged in (an operator's split).
+
+    What the separated profile held at its merge leaves with it: its counts, its orders
+    and their value, its cart lines, its pending timers (the caller moves those), its
+    emitted actions. What cannot be told apart stays with the survivor: events that
+    reached the merged profile afterwards, through any identifier, are not traced to
+    one side; first and last seen, per-channel last seen, viewed products, consent,
+    locale and the event-id window stay as they are.
+    """
+    for name, count in separated["counters"].items():
+        left = survivor["counters"].get(name, 0) - count
+        if left > 0:
+            survivor["counters"][name] = left
+        else:
+            survivor["counters"].pop(name, None)
+    theirs = {p["order_id"] for p in separated["purchases"]}
+    survivor["purchases"] = [p for p in survivor["purchases"] if p["order_id"] not in theirs]
+    ltv = survivor["lifetime_value"]
+    for currency, total in separated["lifetime_value"].items():
+        ltv[currency] = round(max(0.0, ltv.get(currency, 0.0) - total), 2)
+    for sku, line in separated["cart"].items():
+        if survivor["cart"].get(sku) == line:  # unchanged since: it was theirs
+            del survivor["cart"][sku]
+    for action_id in separated["actions"]:
+        survivor["actions"].pop(action_id, None)

@@ -46,12 +46,13 @@ def new_profile(key: str) -> dict[str, Any]:
         "actions": {},
         "seen_events": "",  # digests of the last event ids, oldest first: see seen_before
         # Identity resolution (pipeline.identity.protocol): profiles merged into this one,
-        # identifiers claimed and not yet confirmed, the profile being merged in, and what
-        # waits for that merge to finish.
+        # identifiers claimed and not yet confirmed, the profile being merged in (or split
+        # out), and what waits for that to finish.
         "merged": [],
         "claims": [],
         "lock": None,
         "queue": [],
+        "apart": [],  # profiles an operator split from this one: never merged with it again
     }
 
 

@@ -250,3 +250,51 @@ def test_shared_devices_never_fuse_accounts_whatever_the_order(seed: int) -> Non
     live = cluster.check_consistent()  # includes: no profile over a limit, so never two customer ids
     assert sum(sum(p["counters"].values()) for p in live.values()) == len(events)
     assert cluster.processor.identity.tally.left_out
+
+
+def split(cluster: Cluster, profile: str, identifier: str) -> None:
+    cluster.send(SOURCE, profile, {"op": "split", "identifier": identifier, "by": "test"})
+    cluster.settle()
+
+
+def test_an_operator_undoes_a_wrong_merge_and_it_does_not_come_back() -> None:
+    cluster = Cluster()
+    for e in (
+        event("add_to_cart", "web", {"cookie_id": "kiosk"}, "e1", sku="MUG-002", qty=1, price=9.0),
+        event("login", "web", {"customer_id": "C1", "email": "a@example.dk"}, "e2"),
+        event("login", "web", {"customer_id": "C1", "cookie_id": "kiosk"}, "e3"),  # the wrong link
+    ):
+        cluster.inject(e)
+        cluster.settle()
+    (merged,) = cluster.check_consistent().values()
+    assert merged["counters"] == {"add_to_cart": 1, "login": 2} and list(merged["cart"]) == ["MUG-002"]
+
+    split(cluster, "cookie_id:kiosk", "cookie_id:kiosk")  # by any id it ever had: merged ones lead to the survivor
+    live = cluster.check_consistent()
+    assert set(live) == {"customer_id:C1", "cookie_id:kiosk"}
+    c1, kiosk = live["customer_id:C1"], live["cookie_id:kiosk"]
+    assert c1["identifiers"] == {"customer_id": ["C1"], "email": ["a@example.dk"]} and c1["cart"] == {}
+    assert c1["counters"] == {"login": 2} and c1["merged"] == [] and c1["apart"] == ["cookie_id:kiosk"]
+    assert kiosk["identifiers"] == {"cookie_id": ["kiosk"]} and list(kiosk["cart"]) == ["MUG-002"]
+    assert [m.get("separated") for m in cluster.merges if m.get("split")] == ["cookie_id:kiosk"]
+
+    cluster.inject(event("login", "web", {"customer_id": "C1", "cookie_id": "kiosk"}, "e4"))  # the link again
+    cluster.settle()
+    live = cluster.check_consistent()
+    assert set(live) == {"customer_id:C1", "cookie_id:kiosk"}  # still two
+    assert cluster.processor.identity.tally.refused["split"] == 1
+
+
+def test_splitting_an_identifier_the_profile_always_had_detaches_it_alone() -> None:
+    cluster = Cluster()
+    cluster.inject(event("login", "app", {"customer_id": "C1", "device_id": "shop-ipad"}, "e1"))
+    cluster.settle()
+    split(cluster, "customer_id:C1", "device_id:shop-ipad")
+    live = cluster.check_consistent()
+    assert live["customer_id:C1"]["identifiers"] == {"customer_id": ["C1"]}
+    cluster.inject(event("login", "app", {"device_id": "shop-ipad"}, "e2"))
+    cluster.inject(event("login", "app", {"customer_id": "C1", "device_id": "shop-ipad"}, "e3"))
+    cluster.settle()
+    live = cluster.check_consistent()
+    assert live["device_id:shop-ipad"]["identifiers"] == {"device_id": ["shop-ipad"]}
+    assert live["customer_id:C1"]["identifiers"] == {"customer_id": ["C1"]}
