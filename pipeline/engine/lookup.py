@@ -50,13 +50,15 @@ class ProfileLookup:
         state, elsewhere = await self._owner(identifier, query, hops)
         if state is None:
             return elsewhere  # type: ignore[return-value]
-        profile = state.txn.get(identifier.encode())
-        if profile is not None and "merged_into" not in profile:
-            return 200, _view(profile)  # the profile this identifier founded
         entry = state.txn.get(id_key(identifier))
-        if entry is None:
+        if entry is not None:
+            return await self._profile(entry[0], {"id": entry[0]}, hops)
+        profile = state.txn.get(identifier.encode())  # no entry: the profile it founded, if any, owns it
+        if profile is None:
             return 404, {"error": f"no profile holds {identifier}"}
-        return await self._profile(entry[0], {"id": entry[0]}, hops)
+        if "merged_into" in profile:
+            return await self._profile(profile["merged_into"], {"id": profile["merged_into"]}, hops)
+        return 200, _view(profile)
 
     async def by_id(self, pid: str, hops: int) -> Answer:
         return await self._profile(pid, {"id": pid}, hops)

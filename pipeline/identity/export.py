@@ -15,6 +15,7 @@ import orjson
 from pipeline import kafka
 from pipeline.identity.protocol import ID_PREFIX
 from pipeline.identity.rules import split_id
+from pipeline.ingest.contract import IDENTIFIER_TYPES
 from pipeline.ops.topics import CHANGELOG, load_topics
 from pipeline.settings import Settings
 from pipeline.state.changelog import restore
@@ -36,9 +37,17 @@ async def graph_entries(settings: Settings) -> list[dict[str, str]]:
 
 def _entries(stores: Iterable[MemoryStore]) -> Iterator[dict[str, str]]:
     for store in stores:
+        explicit = set()
         for key, raw in store.items(ID_PREFIX):
-            kind, value = split_id(key[len(ID_PREFIX) :].decode())
+            ident = key[len(ID_PREFIX) :].decode()
+            explicit.add(ident)
+            kind, value = split_id(ident)
             yield {"identifier_type": kind, "identifier": value, "profile_id": orjson.loads(raw)[0]}
+        for kind in IDENTIFIER_TYPES:  # a founding identifier has no entry: its profile is its owner
+            for key, raw in store.items(f"{kind}:".encode()):
+                ident = key.decode()
+                if ident not in explicit and b'"merged_into"' not in raw:
+                    yield {"identifier_type": kind, "identifier": split_id(ident)[1], "profile_id": ident}
 
 
 def as_json_lines(entries: list[dict[str, str]]) -> Iterator[bytes]:

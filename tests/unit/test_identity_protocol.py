@@ -90,12 +90,15 @@ class Cluster:
     # --- reading the result ------------------------------------------------------
 
     def entries(self) -> dict[str, str]:
-        """identifier -> owning profile id, from every partition."""
+        """identifier -> owning profile id, from every partition (a founding identifier has no entry)."""
         out = {}
         for state in self.states.values():
             for key, value in list(state.txn._dirty.items()):
                 if key.startswith(ID_PREFIX) and value is not DELETED:
                     out[key[len(ID_PREFIX):].decode()] = value[0]  # [owner, the claim that made it so]
+        for pid, profile in self.profiles().items():
+            if not is_tombstone(profile):
+                out.setdefault(pid, pid)
         return out
 
     def profiles(self) -> dict[str, dict[str, Any]]:
