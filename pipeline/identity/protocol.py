@@ -102,6 +102,9 @@ class IdentityProtocol:
             out.append((profile["merged_into"], {**msg, "forwarded": True}))
             return
         if profile is None:
+            if op == "unmerge":  # nothing to bring back: never create a second owner of its identifiers
+                out.append((msg["survivor"], {"op": "unmerged", "loser": target, "state": None, "by": msg["by"]}))
+                return
             # Its founding event may still be on its way (messages from different
             # partitions can overtake each other): it starts here and catches up.
             profile = new_profile(target)
