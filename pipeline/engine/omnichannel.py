@@ -35,12 +35,11 @@ from pipeline.ingest.contract import INPUT_TOPICS, PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import Rejection
 from pipeline.kafka import partition_for
 from pipeline.ops.metrics import Metrics
-from pipeline.ops.topics import CHANGELOG, REPARTITION, TopicSpec, load_topics
+from pipeline.ops.topics import CHANGELOG, MERGES, REPARTITION, TopicSpec, load_topics
 from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
-MERGES = "identity.merges"
 LOCAL_OPS = frozenset({"ev", "apply", "product", "claim", "claimed", "conflict"})  # may run at once when we own the target (see _deliver)
 
 

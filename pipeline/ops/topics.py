@@ -14,6 +14,7 @@ from pipeline.settings import Settings
 TOPIC_ALREADY_EXISTS = 36
 REPARTITION = "internal.events-by-customer"
 CHANGELOG = "internal.state-changelog"
+MERGES = "identity.merges"  # every merge and split of profiles, for downstream systems to follow
 
 
 class TopicSpec(BaseModel):

@@ -1,9 +1,10 @@
-"""The live view: next-best-actions as they are emitted, one line each, plus a pulse of the worker.
+"""The live view: next-best-actions and identity merges as they happen, one line each, plus a pulse.
 
     10:31:07  email  customer_id:C0000042  offer_consumable  bought Vacuum cleaner V100 (store, ...); ...
-    ── 10:31:10  events 5,210 (+412/s) · dead-lettered 18 · actions 31 · timers 57 · lag 0 · p99 12 ms
+    10:31:08  merged  cookie_id:ck-3f2a… into customer_id:C0000042  (cookie_id:ck-3f2a…, login e-…)
+    ── 10:31:10  events 5,210 (+412/s) · dead-lettered 18 · merged 4 · actions 31 · timers 57 · lag 0 · p99 12 ms
 
-It reads the action topics without a consumer group (it never disturbs
+It reads the action and merge topics without a consumer group (it never disturbs
 anyone's offsets) and scrapes the worker's /metrics for the pulse line.
 """
 
@@ -22,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import kafka
 from pipeline.actions.model import ACTION_CHANNELS
-from pipeline.ops.topics import load_topics
+from pipeline.ops.topics import MERGES, load_topics
 from pipeline.settings import Settings
 
 COLOURS = {"email": "36", "sms": "35", "push": "33", "web": "34", "callcenter": "32", "store": "31"}
@@ -30,6 +31,14 @@ COLOURS = {"email": "36", "sms": "35", "push": "33", "web": "34", "callcenter": 
 
 def _paint(text: str, code: str, tty: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if tty else text
+
+
+def format_merge(merge: dict, tty: bool = False) -> str:  # type: ignore[type-arg]
+    at = datetime.now().strftime("%H:%M:%S")
+    if merge.get("split"):
+        return f"{at}  {_paint('split     ', '1', tty)} {merge['separated']} out of {merge['survivor']}  (by {merge['by']})"
+    ids = ", ".join(f"{kind}:{v}" for kind, values in merge["identifiers"].items() for v in values)
+    return f"{at}  {_paint('merged    ', '1', tty)} {merge['merged']} into {merge['survivor']}  ({ids}; event {merge['trigger_event_id']})"
 
 
 def format_action(action: dict, tty: bool = False) -> str:  # type: ignore[type-arg]
@@ -76,6 +85,7 @@ class Pulse:
         return (
             f"── {datetime.now():%H:%M:%S}  events {int(events):,} ({rate}) · "
             f"dead-lettered {int(m.get('omni_deadletter_total', 0)):,} · "
+            f"merged {int(m.get('omni_identity_merges_total', 0)):,} · "
             f"duplicates {int(m.get('omni_duplicates_total', 0)):,} · "
             f"actions {int(m.get('omni_actions_total', 0)):,} · timers {int(m.get('omni_timers_pending', 0)):,} · "
             f"lag {int(m.get('omni_consumer_lag', 0)):,} · p99 latency {p99_text}"
@@ -90,11 +100,9 @@ async def watch(
     tty = out.isatty()
     consumer = kafka.consumer(settings)
     await consumer.start()
-    tps = [
-        TopicPartition(settings.topic(f"actions.{c}"), p)
-        for c in ACTION_CHANNELS
-        for p in range(specs[f"actions.{c}"].partitions)
-    ]
+    watched = [f"actions.{c}" for c in ACTION_CHANNELS] + [MERGES]
+    tps = [TopicPartition(settings.topic(name), p) for name in watched for p in range(specs[name].partitions)]
+    merges_topic = settings.topic(MERGES)
     consumer.assign(tps)
     for tp in tps:
         consumer.seek(tp, 0)
@@ -104,9 +112,10 @@ async def watch(
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=250)
-            for records in batches.values():
+            for tp, records in batches.items():
+                show = format_merge if tp.topic == merges_topic else format_action
                 for rec in records:
-                    print(format_action(orjson.loads(rec.value), tty), file=out, flush=True)
+                    print(show(orjson.loads(rec.value), tty), file=out, flush=True)
             if pulse and time.monotonic() - last_pulse >= pulse_every_s:
                 last_pulse = time.monotonic()
                 print(_paint(pulse.line(), "2", tty), file=out, flush=True)

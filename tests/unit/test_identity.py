@@ -3,6 +3,7 @@ import pytest
 from pipeline.identity.resolve import profile_key, routing_key
 from pipeline.identity.evaluate import score
 from pipeline.identity.rules import IdentityRules, order_key
+from pipeline.ops.watch import format_merge
 from pipeline.simulate.identities import World
 from pipeline.profiles.merge import merge_profiles
 from pipeline.profiles.profile import ProfileLimits, new_profile
@@ -74,3 +75,10 @@ def test_score_counts_fused_people_and_missed_links() -> None:
     s = score(graph, world)
     assert (s.pairs_in_profiles, s.wrong_pairs, s.precision) == (2, 1, 0.5)
     assert (s.linkable_pairs, s.linked_pairs, s.recall) == (3, 1, round(1 / 3, 6))
+
+
+def test_the_live_view_shows_merges_and_splits() -> None:
+    merge = {"survivor": "customer_id:C1", "merged": "cookie_id:ck9", "identifiers": {"cookie_id": ["ck9"]}, "trigger_event_id": "e4"}
+    assert "cookie_id:ck9 into customer_id:C1" in format_merge(merge) and "e4" in format_merge(merge)
+    split = {"split": True, "survivor": "customer_id:C1", "separated": "cookie_id:ck9", "identifiers": {}, "by": "operator"}
+    assert "cookie_id:ck9 out of customer_id:C1" in format_merge(split)
