@@ -119,11 +119,12 @@ class OmnichannelJob(Job):
                     value = orjson.dumps(msg)
                 except TypeError as exc:
                     # An extra property JSON allows but orjson cannot write (an integer past 64
-                    # bits): refused here rather than crashing the loop on every restart.
+                    # bits): refused here rather than crashing the loop on every restart. The
+                    # steps queued behind it (claims of the same event) still go on.
                     self._refuse_unwritable(rec, source, exc, out)
-                    return
-                # Keep the arrival time, so latency is measured from the input topic.
-                out.add(state_topic, key, value, (), rec.timestamp, partition)
+                else:
+                    # Keep the arrival time, so latency is measured from the input topic.
+                    out.add(state_topic, key, value, (), rec.timestamp, partition)
             else:
                 first = False
                 try:
