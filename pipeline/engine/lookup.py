@@ -17,9 +17,9 @@ import aiohttp
 
 from pipeline import kafka
 from pipeline.engine.loop import Engine
-from pipeline.identity.protocol import id_key
+from pipeline.identity.protocol import owner_entry
 from pipeline.ingest.contract import IDENTIFIER_TYPES
-from pipeline.ingest.normalise import normalise_one
+from pipeline.ingest.normalise import parse_identifier
 
 MAX_HOPS = 3
 HOPS_HEADER = "X-Omni-Hops"
@@ -40,30 +40,20 @@ class ProfileLookup:
             return 400, {"error": f"give exactly one of: id, {', '.join(IDENTIFIER_TYPES)}"}
         ((kind, raw),) = query.items()
         if kind == "id":
-            return await self._profile(raw, query, hops)
-        if kind not in IDENTIFIER_TYPES:
-            return 400, {"error": f"unknown identifier type {kind!r}; one of: id, {', '.join(IDENTIFIER_TYPES)}"}
-        value, reason = normalise_one(kind, raw, self.region)
-        if value is None:
-            return 400, {"error": f"{kind} {raw!r} is {reason}"}
-        identifier = f"{kind}:{value}"
+            return await self.by_id(raw, hops)
+        identifier, error = parse_identifier(kind, raw, self.region)
+        if identifier is None:
+            return 400, {"error": f"{error} (or give id)"}
         state, elsewhere = await self._owner(identifier, query, hops)
         if state is None:
             return elsewhere  # type: ignore[return-value]
-        entry = state.txn.get(id_key(identifier))
-        if entry is not None:
-            return await self._profile(entry[0], {"id": entry[0]}, hops)
-        profile = state.txn.get(identifier.encode())  # no entry: the profile it founded, if any, owns it
-        if profile is None:
+        entry = owner_entry(state, identifier)
+        if entry is None:
             return 404, {"error": f"no profile holds {identifier}"}
-        if "merged_into" in profile:
-            return await self._profile(profile["merged_into"], {"id": profile["merged_into"]}, hops)
-        return 200, _view(profile)
+        return await self.by_id(entry[0], hops)
 
     async def by_id(self, pid: str, hops: int) -> Answer:
-        return await self._profile(pid, {"id": pid}, hops)
-
-    async def _profile(self, pid: str, query: Mapping[str, str], hops: int) -> Answer:
+        """The profile by its id; a merged profile's id leads to its survivor."""
         for _ in range(self.partitions + 1):  # a chain of merges is never longer than that in practice
             state, elsewhere = await self._owner(pid, {"id": pid}, hops)
             if state is None:

@@ -106,6 +106,7 @@ class OmnichannelJob(Job):
         """
         state_topic, partitions = self.state_topic, self.partition_counts[self.state_topic]
         processor = self.processor
+        handle = processor.identity.handle
         applied = processor.applied
         pending: deque[tuple[str, Message]] | None = None
         first = True
@@ -132,7 +133,7 @@ class OmnichannelJob(Job):
                         processor.apply_product(state, target, msg["event"])
                     else:
                         produced, merges = self._produced, self._merges  # reused: most steps produce nothing
-                        processor.handle(state, target, msg, now, produced, merges)
+                        handle(state, target, msg, now, produced, merges)
                         if produced:
                             if pending is None:
                                 pending = deque(produced)

@@ -138,7 +138,7 @@ class IdentityProtocol:
 
     def _id_claim(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
         claimant, trigger = msg["profile"], msg["trigger"]
-        entry = _entry(state, ident)
+        entry = owner_entry(state, ident)
         if entry is None or entry[0] == claimant:
             # Remember which claim made it ours: a release answering an older one must not undo it.
             state.txn.set(id_key(ident), [claimant, trigger])
@@ -147,7 +147,7 @@ class IdentityProtocol:
             out.append((claimant, {"op": "conflict", "id": ident, "owner": entry[0], "trigger": trigger}))
 
     def _id_repoint(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
-        entry = _entry(state, ident)
+        entry = owner_entry(state, ident)
         if entry is not None and entry[0] in msg["from"]:
             state.txn.set(id_key(ident), [msg["profile"], None])
 
@@ -462,7 +462,7 @@ class IdentityProtocol:
                 self._absorb(state, pid, profile, msg, out)
 
 
-def _entry(state: PartitionState, ident: str) -> list[Any] | None:
+def owner_entry(state: PartitionState, ident: str) -> list[Any] | None:
     """An identifier's owner, as ``[profile id, the claim that made it so]``, or None when unowned.
 
     An identifier that founded a profile has no entry of its own: the profile of the same

@@ -11,8 +11,7 @@ import orjson
 
 from pipeline import kafka
 from pipeline.identity.rules import split_id
-from pipeline.ingest.contract import IDENTIFIER_TYPES
-from pipeline.ingest.normalise import normalise_one
+from pipeline.ingest.normalise import parse_identifier
 from pipeline.kafka import Record
 from pipeline.ops.topics import REPARTITION, load_topics
 from pipeline.settings import Settings
@@ -20,13 +19,9 @@ from pipeline.settings import Settings
 
 async def request_split(settings: Settings, profile: str, identifier: str, by: str = "operator") -> str:
     """Send the split; return the identifier as the pipeline spells it."""
-    kind, raw = split_id(identifier)
-    if kind not in IDENTIFIER_TYPES:
-        raise SystemExit(f"--identifier must be TYPE:VALUE with TYPE one of {', '.join(IDENTIFIER_TYPES)}")
-    value, reason = normalise_one(kind, raw, settings.default_phone_region)
-    if value is None:
-        raise SystemExit(f"{identifier!r} is {reason}")
-    normalised = f"{kind}:{value}"
+    normalised, error = parse_identifier(*split_id(identifier), settings.default_phone_region)
+    if normalised is None:
+        raise SystemExit(f"--identifier: {error}")
     partitions = load_topics(settings.topics_file)[REPARTITION].partitions
     message = {"op": "split", "identifier": normalised, "by": by}
     producer = kafka.producer(settings)

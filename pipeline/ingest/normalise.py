@@ -75,3 +75,18 @@ def normalise_identifiers(
         else:
             clean[kind] = norm
     return clean, dropped
+
+
+def parse_identifier(kind: str, raw: str, region: str) -> tuple[str | None, str | None]:
+    """An identifier a person typed (a lookup, an operator's command) as the pipeline spells it.
+
+    ``("email:anna@example.dk", None)``, or ``(None, why not)``.
+    """
+    from pipeline.ingest.contract import IDENTIFIER_TYPES
+
+    if kind not in IDENTIFIER_TYPES:
+        return None, f"unknown identifier type {kind!r}; one of {', '.join(IDENTIFIER_TYPES)}"
+    value, reason = normalise_one(kind, raw, region)
+    if value is None:
+        return None, f"{kind} {raw!r} is {reason}"
+    return f"{kind}:{value}", None
