@@ -7,6 +7,7 @@
     omni simulate                synthetic customers producing to the channel topics
     omni watch                   the live view of next-best-actions
     omni bench                   throughput, latency, memory and recovery, against raw aiokafka and Quix Streams
+    omni rules check [FILE]      validate a rules catalogue and list its rules
     omni schemas [--check]       write (or check) schemas/ from the pydantic models
 """
 
@@ -24,6 +25,7 @@ import orjson
 from pipeline.settings import PACKAGE_DATA, PROJECT_ROOT, Settings
 
 CATALOGUES = {"default": PACKAGE_DATA / "catalogue.yaml", "demo": PACKAGE_DATA / "catalogue.demo.yaml"}
+RULES = {"default": PACKAGE_DATA / "rules.yaml", "demo": PACKAGE_DATA / "rules.demo.yaml"}
 
 
 def _settings(**overrides: object) -> Settings:
@@ -41,6 +43,12 @@ def _catalogue_path(name: str | None) -> Path | None:
     if name is None:
         return None
     return CATALOGUES.get(name, Path(name))
+
+
+def _rules_path(name: str | None) -> Path | None:
+    if name is None:
+        return None
+    return RULES.get(name, Path(name))
 
 
 async def _until_signal() -> None:
@@ -76,15 +84,35 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from faust.worker import Worker
 
     from pipeline.actions.catalogue import Catalogue
+    from pipeline.actions.rules import RulesCatalogue, RulesError
     from pipeline.engine.app import create_app
 
     settings = _need_bootstrap(
-        _settings(catalogue_file=_catalogue_path(args.catalogue), state_dir=args.state_dir, web_port=args.web_port)
-    )
+        _settings(
+            catalogue_file=_catalogue_path(args.catalogue), rules_file=_rules_path(args.rules),
+            state_dir=args.state_dir, web_port=args.web_port,
+        )
+    )  # fmt: skip
+    try:
+        RulesCatalogue.load(settings.rules_file)  # refused before anything starts, with the rule and field named
+    except RulesError as exc:
+        sys.exit(f"bad rules catalogue: {exc}")
     catalogue = Catalogue.load(settings.catalogue_file)
     app = create_app(settings, catalogue)
     print(f"metrics: http://{settings.web_host}:{settings.web_port}/metrics", flush=True)
     Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+def cmd_rules(args: argparse.Namespace) -> None:
+    from pipeline.actions.rules import RulesCatalogue, RulesError
+
+    path = _rules_path(args.file) or _settings().rules_file
+    try:
+        catalogue = RulesCatalogue.load(path)
+    except RulesError as exc:
+        sys.exit(f"bad rules catalogue: {exc}")
+    for name, rule in catalogue.rules.items():
+        print(f"{name:24} {rule.play:22} {rule.kind:13} {'on' if rule.enabled else 'off':3} {', '.join(rule.channels)}")
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -198,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a stream worker")
     p.add_argument("--catalogue", help="'default', 'demo' or a YAML path")
+    p.add_argument("--rules", help="the rules catalogue: 'default', 'demo' or a YAML path (re-read when it changes)")
     p.add_argument("--state-dir", type=Path, default=None)
     p.add_argument("--web-port", type=int, default=None)
     p.add_argument("--loglevel", default="warning")
@@ -234,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-at", type=float, default=None, metavar="RATE", help="only measure latency at this rate")
     p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("rules", help="the rules catalogue")
+    p.add_argument("action", choices=["check"], help="check: validate a rules file without starting anything")
+    p.add_argument("file", nargs="?", default=None, help="'default', 'demo' or a YAML path")
+    p.set_defaults(func=cmd_rules)
 
     p = sub.add_parser("schemas", help="JSON Schema from the pydantic models")
     p.add_argument("--check", action="store_true")

@@ -112,7 +112,11 @@ class Settings(BaseModel):
     max_merges_per_profile: int = Field(50, description="a profile stops merging after absorbing this many profiles")
 
     # --- profiles and rules -----------------------------------------------
-    catalogue_file: Path = PACKAGE_DATA / "catalogue.yaml"
+    catalogue_file: Path = Field(PACKAGE_DATA / "catalogue.yaml", description="products, and each durable's consumable")
+    rules_file: Path = Field(
+        PACKAGE_DATA / "rules.yaml", description="the plays that run (re-read when it changes: switch a rule off live)"
+    )
+    max_waiting_per_product: int = Field(10_000, description="customers one unavailable product remembers to tell")
     purchases_kept: int = 50
     views_kept: int = 50
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.settings import PACKAGE_DATA, Settings
+from tests.helpers import write_rules
 
 
 def _docker_answers() -> bool:
@@ -50,4 +51,5 @@ def settings(bootstrap: str, tmp_path: Path) -> Settings:
         topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
         state_dir=tmp_path / "state",
         catalogue_file=PACKAGE_DATA / "catalogue.yaml",
+        rules_file=write_rules(tmp_path),  # the default rules without quiet hours
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,6 +42,11 @@ def event(etype: str, channel: str, identifiers: dict[str, str], event_id: str, 
     }
 
 
+def clean(raw: dict[str, Any]) -> dict[str, Any]:
+    """What the validator hands on for a raw test event: its ``ts``, identifiers as given."""
+    return {**raw, "ts": datetime.fromisoformat(raw["occurred_at"].replace("Z", "+00:00")).timestamp()}
+
+
 def purchase(customer: str, event_id: str, skus: list[str], channel: str = "web", order_id: str | None = None) -> dict[str, Any]:  # fmt: skip
     items = [{"sku": s, "qty": 1, "price": 10.0} for s in skus]
     return event(
@@ -60,6 +66,26 @@ def catalogue_with_delay(tmp_path: Path, delay: str) -> Path:
             product["consumable"]["delay"] = delay
     path = tmp_path / f"catalogue-{delay}.yaml"
     path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def write_rules(tmp_path: Path, defaults: dict[str, Any] | None = None, **rules: dict[str, Any] | None) -> Path:
+    """The default rules catalogue with changes: ``defaults`` merged in, each named rule updated (None drops it).
+
+    Quiet hours are off unless ``defaults`` sets them: a test must not depend on the hour it runs at.
+    """
+    from pipeline.settings import PACKAGE_DATA
+
+    doc = yaml.safe_load((PACKAGE_DATA / "rules.yaml").read_text())
+    doc["defaults"]["quiet_hours"] = None
+    doc["defaults"].update(defaults or {})
+    for name, changes in rules.items():
+        if changes is None:
+            del doc["rules"][name]
+        else:
+            doc["rules"][name].update(changes)
+    path = tmp_path / f"rules-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
     return path
 
 

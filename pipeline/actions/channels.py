@@ -1,4 +1,4 @@
-"""Channel choice: one channel per action, consented, reachable, most engaged.
+"""Reachability and engagement per channel: what channel choice (``policy.Policy.channel``) weighs.
 
 Consent is opt-out here: a channel is allowed until the customer withdraws it
 (``consent_updated`` with ``granted: false``, or ``unsubscribe`` for e-mail).
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# Which identifier makes a channel reachable.
-ADDRESS_OF = {"email": "email", "sms": "phone", "push": "device_id"}
-MARKETING_CHANNELS = ("email", "push", "sms")
+# Which identifier makes a channel reachable (the web: a browser we can show an offer in).
+ADDRESS_OF = {"email": "email", "sms": "phone", "push": "device_id", "web": "cookie_id"}
 
 
 def address_for(profile: dict[str, Any], channel: str) -> str | None:
@@ -24,14 +23,6 @@ def engagement(profile: dict[str, Any], channel: str) -> int:
         return counters.get("email_open", 0) + 2 * counters.get("email_click", 0)
     if channel == "push":
         return 1 if "app" in profile["channels"] else 0
+    if channel == "web":
+        return 1 if "web" in profile["channels"] else 0
     return 0
-
-
-def choose_channel(profile: dict[str, Any], candidates: tuple[str, ...] = MARKETING_CHANNELS) -> str | None:
-    usable = [
-        c for c in candidates if profile["consent"].get(c, True) and address_for(profile, c) is not None
-    ]
-    if not usable:
-        return None
-    # max() keeps the first of equals, so the candidates' order breaks ties.
-    return max(usable, key=lambda c: engagement(profile, c))

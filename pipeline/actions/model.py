@@ -16,6 +16,7 @@ class Action(BaseModel):
 
     action_id: str = Field(description="deterministic: the same trigger never yields a second id")
     rule: str
+    kind: Literal["marketing", "transactional"] = Field(description="marketing actions count against the frequency cap")
     action: str = Field(description="what the sender should do, e.g. offer_consumable")
     customer: str = Field(description="the profile id the action is for")
     channel: ActionChannel

@@ -29,7 +29,7 @@ class WorkerProcess:
     log: Path
 
     @classmethod
-    def start(cls, settings: Settings, log: Path, catalogue: Path | None = None) -> "WorkerProcess":
+    def start(cls, settings: Settings, log: Path, catalogue: Path | None = None, rules: Path | None = None) -> "WorkerProcess":
         port = free_port()
         env = {
             **os.environ,
@@ -38,6 +38,7 @@ class WorkerProcess:
             "OMNI_STATE_DIR": str(settings.state_dir),
             "OMNI_WEB_PORT": str(port),
             "OMNI_CATALOGUE_FILE": str(catalogue or settings.catalogue_file),
+            "OMNI_RULES_FILE": str(rules or settings.rules_file),
             "OMNI_COMMIT_INTERVAL_S": str(settings.commit_interval_s),
             "OMNI_TOPICS_FILE": str(settings.topics_file),
         }

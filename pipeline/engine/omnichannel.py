@@ -40,7 +40,7 @@ from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
-LOCAL_OPS = frozenset({"ev", "apply", "product", "claim", "claimed", "conflict"})  # may run at once when we own the target (see _deliver)
+LOCAL_OPS = frozenset({"ev", "apply", "product", "interest", "notice", "claim", "claimed", "conflict"})  # may run at once when we own the target (see _deliver)
 
 
 class OmnichannelJob(Job):
@@ -106,7 +106,7 @@ class OmnichannelJob(Job):
         """
         state_topic, partitions = self.state_topic, self.partition_counts[self.state_topic]
         processor = self.processor
-        handle = processor.identity.handle
+        handle = processor.handle
         applied = processor.applied
         pending: deque[tuple[str, Message]] | None = None
         first = True
@@ -129,21 +129,18 @@ class OmnichannelJob(Job):
             else:
                 first = False
                 try:
-                    if op == "product":
-                        processor.apply_product(state, target, msg["event"])
-                    else:
-                        produced, merges = self._produced, self._merges  # reused: most steps produce nothing
-                        handle(state, target, msg, now, produced, merges)
-                        if produced:
-                            if pending is None:
-                                pending = deque(produced)
-                            else:
-                                pending.extend(produced)
-                            produced.clear()
-                        if merges:
-                            for merge in merges:
-                                out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
-                            merges.clear()
+                    produced, merges = self._produced, self._merges  # reused: most steps produce nothing
+                    handle(state, target, msg, now, produced, merges)
+                    if produced:
+                        if pending is None:
+                            pending = deque(produced)
+                        else:
+                            pending.extend(produced)
+                        produced.clear()
+                    if merges:
+                        for merge in merges:
+                            out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
+                        merges.clear()
                 except Exception as exc:  # a bug must not become a crash loop on one record
                     log.exception("processing %s at %s:%d@%d failed", op, source.topic, source.partition, rec.offset)
                     self._produced.clear()  # half a step's outputs must not go out with the next one
@@ -166,6 +163,10 @@ class OmnichannelJob(Job):
     def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
         for action in self.processor.fire_due(state, now):
             out.add(self.settings.topic(f"actions.{action.channel}"), action.customer.encode(), orjson.dumps(action.model_dump()))
+
+    def housekeeping(self) -> None:
+        if self.processor.reload_rules():
+            log.info("rules now enabled: %s", ", ".join(sorted(self.processor.plays)) or "none")
 
     def _dead_letter(self, rec: Any, tp: TopicPartition, rejection: Rejection, out: Outbox) -> None:
         partition = tp.partition % self.partition_counts[self.deadletter]

@@ -16,15 +16,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from pipeline.actions.catalogue import Catalogue
-from pipeline.actions.consumables import ConsumablesFollowUp, Suppressed, TimerChange
 from pipeline.actions.model import Action
+from pipeline.actions.plays import build_plays
+from pipeline.actions.plays.base import Play, Timers
+from pipeline.actions.policy import Deferred, Policy, Suppressed
+from pipeline.actions.rules import RulesFile
 from pipeline.identity.protocol import IdentityProtocol, Message, Outbox, is_tombstone
 from pipeline.identity.resolve import routing_key
 from pipeline.ingest.validate import CleanEvent, Rejection, Validator
-from pipeline.profiles.profile import ProfileLimits, apply_event, remember_action, seen_before
-from pipeline.profiles.product import apply_inventory, new_product
+from pipeline.profiles.product import PRODUCT_OPS, product_step
+from pipeline.profiles.profile import ProfileLimits, apply_event, seen_before
 from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
 
@@ -44,16 +46,35 @@ class Tallies:
 
 class Processor:
     def __init__(self, settings: Settings, catalogue: Catalogue) -> None:
+        self.settings = settings
         self.validate = Validator(settings)
         self.limits = ProfileLimits(
             dedup_window=settings.dedup_window,
             purchases_kept=settings.purchases_kept,
             views_kept=settings.views_kept,
         )
-        self.rules = [ConsumablesFollowUp(catalogue)]
-        self.identity = IdentityProtocol(settings.identity_rules(), self.limits, self._apply_to_profile)
+        self.catalogue = catalogue
+        self.rules = RulesFile(settings.rules_file)
+        self._use_rules()
+        self.identity = IdentityProtocol(settings.identity_rules(), self.limits, self._apply_to_profile, self._notice)
         self.tally = Tallies()
         self.applied = 0  # events applied to state so far: the engine times each record that raised it
+
+    def _use_rules(self) -> None:
+        self.plays: dict[str, Play] = build_plays(self.rules.catalogue, self.catalogue)
+        self.policy = Policy(self.rules.catalogue.defaults, self.limits.actions_kept)
+        # Dispatch by event type, built once per catalogue: most events concern one play or none.
+        self.by_trigger: dict[str, list[Play]] = {}
+        for play in self.plays.values():
+            for etype in play.triggers | {f"notice:{n}" for n in play.notices}:
+                self.by_trigger.setdefault(etype, []).append(play)
+
+    def reload_rules(self) -> bool:
+        """Pick up a changed rules file (a rule switched off, a window changed) without a restart."""
+        if self.rules.reload_if_changed():
+            self._use_rules()
+            return True
+        return False
 
     # --- step 1: ingest ---------------------------------------------------------
 
@@ -71,35 +92,34 @@ class Processor:
 
     # --- step 2: apply to state ------------------------------------------------------
 
-    def apply_product(self, state: PartitionState, key: str, event: dict[str, Any]) -> None:
-        skey = key.encode()
-        product = state.txn.get(skey) or new_product(key)
-        apply_inventory(product, event)
-        state.txn.set(skey, product)
-        self.applied += 1
-        self.tally.processed[event["type"]] += 1
-
     def handle(self, state: PartitionState, target: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
-        """One identity-protocol message (an event on its way to its profile, a claim, a merge step)."""
-        self.identity.handle(state, target, msg, now, out, merges)
+        """One message for an actor: a product (stock, interest in it) or the identity graph and its profiles."""
+        if msg["op"] in PRODUCT_OPS:
+            if product_step(state, target, msg, out, self.settings.max_waiting_per_product):
+                self.applied += 1
+                self.tally.processed[msg["event"]["type"]] += 1
+        else:
+            self.identity.handle(state, target, msg, now, out, merges)
 
-    def _apply_to_profile(self, state: PartitionState, pid: str, profile: dict[str, Any], event: dict[str, Any]) -> bool:
+    def _apply_to_profile(self, state: PartitionState, pid: str, profile: dict[str, Any], event: dict[str, Any], out: Outbox) -> bool:
         if seen_before(profile, event["event_id"], self.limits):
             self.tally.duplicates += 1
             return False
         self.applied += 1
         apply_event(profile, event, self.limits)
-        for rule in self.rules:
-            for change in rule.on_event(profile, event):
-                self._index_timer(state, pid, change)
+        plays = self.by_trigger.get(event["type"])
+        if plays:
+            timers = Timers(state, pid, profile)
+            for play in plays:
+                play.on_event(profile, event, timers, out)
         self.tally.processed[event["type"]] += 1
         return True
 
-    def _index_timer(self, state: PartitionState, key: str, change: TimerChange) -> None:
-        if change.added:
-            state.schedule(change.due, key, change.timer_id)
-        else:
-            state.unschedule(change.due, key, change.timer_id)
+    def _notice(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message) -> None:
+        for play in self.by_trigger.get(f"notice:{msg['about']}", ()):
+            play.on_notice(profile, msg, Timers(state, pid, profile))
+
+    # --- step 3: due timers become actions ------------------------------------------------
 
     def fire_due(self, state: PartitionState, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -109,15 +129,25 @@ class Processor:
             timer = profile["timers"].get(timer_id) if profile and not is_tombstone(profile) else None
             if profile is None or timer is None or timer["due"] != due:
                 continue  # cancelled or rescheduled since it was indexed
-            del profile["timers"][timer_id]
-            state.unschedule(due, key, timer_id)
-            rule = next(r for r in self.rules if r.name == timer["rule"])
-            outcome = rule.on_timer(profile, timer_id, timer, now)
-            if isinstance(outcome, Suppressed):
+            timers = Timers(state, key, profile)
+            timers.cancel(timer_id)
+            outcome = self._decide(profile, timer_id, timer, due, now)
+            if isinstance(outcome, Deferred):
+                timers.set(timer_id, outcome.until, timer["rule"], **{k: v for k, v in timer.items() if k not in ("rule", "due")})
+                self.tally.suppressed[(outcome.rule, "quiet_hours_deferred")] += 1
+            elif isinstance(outcome, Suppressed):
                 self.tally.suppressed[(outcome.rule, outcome.reason)] += 1
             else:
-                remember_action(profile, outcome.action_id, now)
                 self.tally.actions[(outcome.rule, outcome.channel)] += 1
                 actions.append(outcome)
             state.txn.set(skey, profile)
         return actions
+
+    def _decide(self, profile: dict[str, Any], timer_id: str, timer: dict[str, Any], due: float, now: float) -> Action | Suppressed | Deferred:
+        play = self.plays.get(timer["rule"])
+        if play is None:
+            return Suppressed(timer["rule"], "rule_disabled")
+        draft = play.compose(profile, timer_id, timer, now)
+        if isinstance(draft, str):
+            return Suppressed(play.name, draft)
+        return self.policy.decide(play, profile, draft, due, now)

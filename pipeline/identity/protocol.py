@@ -51,7 +51,8 @@ IDENTIFIER_OPS = frozenset({"ev", "claim", "repoint", "release"})
 
 Message = dict[str, Any]
 Outbox = list[tuple[str, Message]]  # (key of the target actor, message)
-ApplyEvent = Callable[[PartitionState, str, dict[str, Any], dict[str, Any]], bool]
+ApplyEvent = Callable[[PartitionState, str, dict[str, Any], dict[str, Any], "Outbox"], bool]
+Notice = Callable[[PartitionState, str, dict[str, Any], Message], None]
 
 
 def id_key(identifier: str) -> bytes:
@@ -75,10 +76,11 @@ class IdentityTally:
 
 
 class IdentityProtocol:
-    def __init__(self, rules: IdentityRules, limits: ProfileLimits, apply_event: ApplyEvent) -> None:
+    def __init__(self, rules: IdentityRules, limits: ProfileLimits, apply_event: ApplyEvent, notice: Notice) -> None:
         self.rules = rules
         self.limits = limits
         self.apply_event = apply_event  # the profile's own business: False for a duplicate event
+        self.notice = notice  # a message for the profile's rules from another actor (a product back in stock)
         self.tally = IdentityTally()
         # Dispatch by op, built once: a lookup per message, not a getattr of a formatted name.
         self._identifier_ops = {op: getattr(self, f"_id_{op}") for op in IDENTIFIER_OPS}
@@ -102,6 +104,8 @@ class IdentityProtocol:
             out.append((profile["merged_into"], {**msg, "forwarded": True}))
             return
         if profile is None:
+            if op == "notice":  # for a profile since erased or never founded: nobody to tell
+                return
             if op == "unmerge":  # nothing to bring back: never create a second owner of its identifiers
                 out.append((msg["survivor"], {"op": "unmerged", "loser": target, "state": None, "by": msg["by"]}))
                 return
@@ -161,7 +165,7 @@ class IdentityProtocol:
     def _p_apply(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                  out: Outbox, merges: list[Message]) -> None:  # fmt: skip
         event = msg["event"]
-        if not self.apply_event(state, pid, profile, event):
+        if not self.apply_event(state, pid, profile, event, out):
             return  # a duplicate: its claims went out the first time
         owned = profile["identifiers"]
         for kind, value in event["identifiers"].items():
@@ -194,6 +198,10 @@ class IdentityProtocol:
     def _p_claim_later(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                        out: Outbox, merges: list[Message]) -> None:  # fmt: skip
         self._claim(pid, profile, msg["id"], msg["trigger"], out)
+
+    def _p_notice(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                  out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        self.notice(state, pid, profile, msg)
 
     def _p_claimed(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                    out: Outbox, merges: list[Message]) -> None:  # fmt: skip

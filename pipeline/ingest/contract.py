@@ -99,6 +99,7 @@ class PurchaseProps(Props):
 @with_config(_OPEN)
 class SignupProps(Props):
     locale: NotRequired[Annotated[str | None, Field(max_length=35)]]
+    time_zone: NotRequired[Annotated[str | None, Field(max_length=64, description="IANA name, e.g. Europe/Oslo")]]
 
 
 @with_config(_OPEN)

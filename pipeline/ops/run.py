@@ -93,6 +93,7 @@ def run_all(settings: Settings, rate: float, customers: int) -> int:
             "OMNI_STATE_DIR": str(state_dir),
             "OMNI_WEB_PORT": str(web_port),
             "OMNI_CATALOGUE_FILE": str(demo),
+            "OMNI_RULES_FILE": str(PACKAGE_DATA / "rules.demo.yaml"),
         }
         metrics_url = f"http://{settings.web_host}:{web_port}/metrics"
         worker = _spawn(["worker"], env, RUN_DIR / "worker.log")

@@ -60,6 +60,39 @@ def merge_profiles(survivor: dict[str, Any], merged: dict[str, Any], limits: Pro
 
     seen = merged.get("seen_events", "") + survivor.get("seen_events", "")
     survivor["seen_events"] = seen[-limits.dedup_window * DIGEST_CHARS :]
+    _merge_play_state(survivor, merged, newer, older)
+
+
+def _merge_play_state(survivor: dict[str, Any], merged: dict[str, Any], newer: dict[str, Any], older: dict[str, Any]) -> None:
+    """What the next-best-action plays keep on a profile (``pipeline.actions``): kept so that no play repeats itself."""
+    zone = newer.get("time_zone") or older.get("time_zone")
+    if zone:
+        survivor["time_zone"] = zone
+    stores = survivor.setdefault("stores", {})
+    for store, ts in merged.get("stores", {}).items():
+        stores[store] = max(ts, stores.get(store, 0.0))
+    pickups = survivor.setdefault("pickups", {})
+    for order_id, theirs in merged.get("pickups", {}).items():
+        pickups[order_id] = {**theirs, **pickups.get(order_id, {})}  # a collection either side knew of stays
+        if theirs.get("collected") and not pickups[order_id].get("collected"):
+            pickups[order_id]["collected"] = theirs["collected"]
+    if "loyalty" in merged:  # one balance: points add up, and so do the rewards already issued
+        mine = survivor.setdefault("loyalty", {"points": 0, "rewards": 0})
+        mine["points"] += merged["loyalty"]["points"]
+        mine["rewards"] += merged["loyalty"]["rewards"]
+    # Marketing contacts add up against the frequency cap; offers either side made stay active.
+    survivor["contacts"] = sorted(survivor.get("contacts", []) + merged.get("contacts", []))
+    survivor["offers"] = dict(sorted({**merged.get("offers", {}), **survivor.get("offers", {})}.items(), key=lambda kv: kv[1]["at"]))
+    plays = survivor.setdefault("plays", {})
+    for rule, theirs in merged.get("plays", {}).items():
+        mine = plays.setdefault(rule, {})
+        for key, value in theirs.items():  # reminded_at (a time), told (sku -> time): the later wins
+            if isinstance(value, dict):
+                told = mine.setdefault(key, {})
+                for k, v in value.items():
+                    told[k] = max(v, told.get(k, v))
+            else:
+                mine[key] = max(value, mine.get(key, value))
 
 
 def _merge_purchases(survivor: dict[str, Any], merged: dict[str, Any], limits: ProfileLimits) -> None:
@@ -84,7 +117,8 @@ def unmerge_profiles(survivor: dict[str, Any], separated: dict[str, Any]) -> Non
 
     What the separated profile held at its merge leaves with it: its counts, its orders
     and their value, its cart lines, its pending timers (the caller moves those), its
-    emitted actions. What cannot be told apart stays with the survivor: events that
+    emitted actions and offers, its loyalty points and waiting orders. What cannot be
+    told apart stays with the survivor: events that
     reached the merged profile afterwards, through any identifier, are not traced to
     one side; first and last seen, per-channel last seen, viewed products, consent,
     locale and the event-id window stay as they are.
@@ -105,3 +139,10 @@ def unmerge_profiles(survivor: dict[str, Any], separated: dict[str, Any]) -> Non
             del survivor["cart"][sku]
     for action_id in separated["actions"]:
         survivor["actions"].pop(action_id, None)
+        survivor.get("offers", {}).pop(action_id, None)
+    if "loyalty" in separated and "loyalty" in survivor:
+        mine, theirs = survivor["loyalty"], separated["loyalty"]
+        mine["points"] = max(0, mine["points"] - theirs["points"])
+        mine["rewards"] = max(0, mine["rewards"] - theirs["rewards"])
+    for order_id in separated.get("pickups", {}):
+        survivor.get("pickups", {}).pop(order_id, None)

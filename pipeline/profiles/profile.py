@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import binascii
 import hashlib
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ class ProfileLimits:
     purchases_kept: int = 50
     views_kept: int = 50
     actions_kept: int = 100
+    pickups_kept: int = 20
 
 
 def new_profile(key: str) -> dict[str, Any]:
@@ -83,14 +86,6 @@ def seen_before(profile: dict[str, Any], event_id: str, limits: ProfileLimits) -
     return False
 
 
-def remember_action(profile: dict[str, Any], action_id: str, now: float, keep: int = 100) -> None:
-    """Record an emitted action on the profile (what the web and call centre show as active offers)."""
-    actions: dict[str, float] = profile["actions"]
-    actions[action_id] = now
-    while len(actions) > keep:
-        del actions[next(iter(actions))]
-
-
 def apply_event(profile: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
     ts: float = event["ts"]
     etype: str = event["type"]
@@ -134,6 +129,8 @@ def _purchase(profile: dict[str, Any], props: dict[str, Any], event: dict[str, A
     ltv[props["currency"]] = round(ltv.get(props["currency"], 0.0) + props["total"], 2)
     for sku in skus:
         profile["cart"].pop(sku, None)
+    if props.get("store_id"):
+        _visit(profile, props, event, limits)
 
 
 def _add_to_cart(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
@@ -160,6 +157,44 @@ def _product_view(profile: dict[str, Any], props: dict[str, Any], event: dict[st
 def _signup(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
     if props.get("locale"):
         profile["locale"] = props["locale"]
+    if props.get("time_zone") and known_time_zone(props["time_zone"]):  # quiet hours are local
+        profile["time_zone"] = props["time_zone"]
+
+
+@lru_cache(maxsize=1024)
+def known_time_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _visit(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    """The stores a customer uses, with when each was last used (back in stock tells them about these)."""
+    store = props.get("store_id")
+    if store and event["ts"] > profile.setdefault("stores", {}).get(store, 0.0):
+        profile["stores"][store] = event["ts"]
+
+
+def _order_ready(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    _visit(profile, props, event, limits)
+    pickups = profile.setdefault("pickups", {})
+    known = pickups.get(props["order_id"], {})
+    pickups[props["order_id"]] = {
+        **known, "store_id": props["store_id"], "ready_at": event["ts"], "event_id": event["event_id"]
+    }
+    while len(pickups) > limits.pickups_kept:
+        del pickups[next(iter(pickups))]
+
+
+def _collected(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+    # Kept, marked: a late "ready" for an order already collected must not tell the customer to come.
+    pickups = profile.setdefault("pickups", {})
+    known = pickups.get(props["order_id"]) or {"store_id": None, "ready_at": None, "event_id": None}
+    pickups[props["order_id"]] = {**known, "collected": event["ts"]}
+    while len(pickups) > limits.pickups_kept:
+        del pickups[next(iter(pickups))]
 
 
 def _consent(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
@@ -176,6 +211,10 @@ _HANDLERS = {
     "remove_from_cart": _remove_from_cart,
     "product_view": _product_view,
     "signup": _signup,
+    "loyalty_scan": _visit,
+    "geofence_enter": _visit,
+    "order_ready_for_pickup": _order_ready,
+    "pickup_collected": _collected,
     "consent_updated": _consent,
     "unsubscribe": _unsubscribe,
 }

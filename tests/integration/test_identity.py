@@ -28,7 +28,7 @@ async def test_an_anonymous_shopper_who_logs_in_brings_history_and_pending_offer
         ]
         await produce(settings, "channel.web", [orjson.dumps(e) for e in anonymous], key=b"ck-77")
         await wait_for(lambda: sample(engine.metrics, "omni_events_processed_total") >= 3, 10, "the anonymous events")
-        assert sample(engine.metrics, "omni_timers_pending") == 1
+        assert sample(engine.metrics, "omni_timers_pending") == 2  # the bags' offer, and the cart's reminder in 4 h
         login = event("login", "web", {"cookie_id": "ck-77", "customer_id": "C77", "email": "Anna@Example.dk"}, "e4")
         await produce(settings, "channel.web", [orjson.dumps(login)], key=b"C77")
         await wait_for(lambda: sample(engine.metrics, "omni_identity_merges_total") >= 1, 10, "the merge")

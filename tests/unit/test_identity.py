@@ -82,3 +82,18 @@ def test_the_live_view_shows_merges_and_splits() -> None:
     assert "cookie_id:ck9 into customer_id:C1" in format_merge(merge) and "e4" in format_merge(merge)
     split = {"split": True, "survivor": "customer_id:C1", "separated": "cookie_id:ck9", "identifiers": {}, "by": "operator"}
     assert "cookie_id:ck9 out of customer_id:C1" in format_merge(split)
+
+
+def test_merging_keeps_what_the_plays_remember() -> None:
+    a, b = new_profile("customer_id:C1"), new_profile("cookie_id:ck1")
+    a.update(last_seen=10.0, loyalty={"points": 400, "rewards": 0}, contacts=[5.0], stores={"s1": 3.0},
+             plays={"abandoned_cart": {"reminded_at": 4.0}}, offers={"x": {"at": 5.0, "until": 99.0}})  # fmt: skip
+    b.update(last_seen=20.0, time_zone="Europe/Oslo", loyalty={"points": 700, "rewards": 1}, contacts=[6.0],
+             stores={"s1": 8.0, "s2": 1.0}, pickups={"O1": {"store_id": "s2", "ready_at": 2.0, "event_id": "e"}},
+             plays={"abandoned_cart": {"reminded_at": 9.0}, "back_in_stock": {"told": {"P": 7.0}}},
+             offers={"y": {"at": 6.0, "until": 99.0}})  # fmt: skip
+    merge_profiles(a, b, ProfileLimits())
+    assert a["loyalty"] == {"points": 1100, "rewards": 1} and a["contacts"] == [5.0, 6.0]
+    assert a["stores"] == {"s1": 8.0, "s2": 1.0} and list(a["pickups"]) == ["O1"] and a["time_zone"] == "Europe/Oslo"
+    assert a["plays"] == {"abandoned_cart": {"reminded_at": 9.0}, "back_in_stock": {"told": {"P": 7.0}}}
+    assert list(a["offers"]) == ["x", "y"]

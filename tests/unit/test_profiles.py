@@ -1,6 +1,6 @@
 from pipeline.profiles.product import apply_inventory, new_product
 from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile, seen_before
-from tests.unit.test_actions import clean
+from tests.helpers import clean
 from tests.helpers import event, purchase
 
 

@@ -1,0 +1,45 @@
+"""Abandoned cart: items added and not bought within the window get one reminder.
+
+The window restarts with every item added (a cart still being filled is not
+abandoned). A purchase in any channel, the store included, takes its items out
+of the cart, and an empty cart cancels the reminder. Identity resolution merges
+carts from different devices, so the reminder covers the customer's whole cart;
+the lines it covered are not reminded again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.actions.plays.base import Draft, Play, Profile, Sends, Timers
+
+
+class AbandonedCart(Play):
+    triggers = frozenset({"add_to_cart", "remove_from_cart", "purchase"})
+
+    def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
+        timer_id = self.name
+        if event["type"] == "add_to_cart":
+            timers.set(timer_id, event["ts"] + self.rule.window, self.name, trigger_event_id=event["event_id"])
+        elif not self._unreminded(profile) and timer_id in timers.timers:
+            timers.cancel(timer_id)
+
+    def _unreminded(self, profile: Profile) -> dict[str, Any]:
+        since = profile.get("plays", {}).get(self.name, {}).get("reminded_at", 0.0)
+        return {sku: line for sku, line in profile["cart"].items() if line["ts"] > since}
+
+    def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
+        lines = self._unreminded(profile)
+        if not lines:
+            return "obsolete"
+        self.state_of(profile)["reminded_at"] = max(line["ts"] for line in lines.values())
+        names = [self.product_name(sku) for sku in lines]
+        return Draft(
+            action="cart_reminder",
+            cause=f"{timer['trigger_event_id']}",
+            fields={"items": ", ".join(names), "count": len(names)},
+            reason=f"{len(names)} item(s) in the cart for {self.rule.window:g}s since the last was added, not bought in any channel",
+            trigger_event_ids=[timer["trigger_event_id"]],
+            facts={"cart": {sku: {"qty": line["qty"], "price": line["price"]} for sku, line in lines.items()}},
+            offer={"skus": sorted(lines), "name": "your cart"},
+        )

@@ -1,0 +1,63 @@
+"""Back in stock: a customer who viewed or carted a product while it was unavailable is told when it returns.
+
+Availability lives with the product (an actor keyed ``sku:<sku>``, fed by
+``inventory_update``), not on the profile, so the profile tells the product it is
+interested (``interest``); a product that is unavailable keeps the customer on its
+waiting list, one that is available forgets it at once. When an update makes it
+available again the product sends each waiting profile a ``notice``, and the
+profile decides: told if it is back online or at a store the customer uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.actions.plays.base import Draft, Play, Profile, Sends, Timers
+from pipeline.profiles.product import ONLINE
+
+NOTICE = "back_in_stock"
+
+
+class BackInStock(Play):
+    triggers = frozenset({"product_view", "add_to_cart"})
+    notices = frozenset({NOTICE})
+
+    def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
+        sku = event["properties"]["sku"]
+        sends.append((f"sku:{sku}", {"op": "interest", "profile": profile["id"], "ts": event["ts"], "event_id": event["event_id"]}))
+
+    def on_notice(self, profile: Profile, notice: dict[str, Any], timers: Timers) -> None:
+        sku = notice["sku"]
+        told = self.state_of(profile).setdefault("told", {})
+        if notice["interest_ts"] <= told.get(sku, 0.0):
+            return  # a repeated notice, or interest already answered
+        told[sku] = notice["interest_ts"]
+        timers.set(
+            f"{self.name}:{sku}:{notice['event_id']}", notice["ts"], self.name,
+            sku=sku, where=notice["where"], trigger_event_id=notice["event_id"], interest_event_id=notice["interest_event_id"],
+        )  # fmt: skip
+
+    def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
+        where = self.where(profile, timer["where"])
+        if where is None:
+            return "not_at_their_stores"
+        sku = timer["sku"]
+        name = self.product_name(sku)
+        return Draft(
+            action="back_in_stock",
+            cause=timer_id,
+            fields={"product": name, "where": "online" if where == ONLINE else f"at {where}"},
+            reason=f"viewed {name} while it was unavailable; it is available again {'online' if where == ONLINE else 'at ' + where}",
+            trigger_event_ids=[timer["interest_event_id"], timer["trigger_event_id"]],
+            facts={"sku": sku, "available_at": where},
+            offer={"sku": sku, "name": name},
+        )
+
+    @staticmethod
+    def where(profile: Profile, available: list[str]) -> str | None:
+        """Online if it is back online, else the store the customer used last among those that have it."""
+        if ONLINE in available:
+            return ONLINE
+        stores = profile.get("stores", {})
+        theirs = [s for s in available if s in stores]
+        return max(theirs, key=lambda s: stores[s]) if theirs else None

@@ -1,0 +1,304 @@
+"""Every play and every cross-cutting rule, through the real processor with no broker.
+
+``Shop`` runs the processor over one in-memory state partition and delivers every
+message at once, so these tests pin down the decisions; ``tests/e2e/test_plays.py``
+drives the same scenarios through a real broker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.actions.catalogue import Catalogue
+from pipeline.actions.model import Action
+from pipeline.engine.processor import Processor
+from pipeline.ingest.contract import PRODUCT_EVENT_TYPES
+from pipeline.ingest.validate import Rejection
+from pipeline.settings import PACKAGE_DATA, Settings
+from pipeline.state.memory import MemoryStore
+from pipeline.state.partition import PartitionState
+from tests.helpers import event, purchase, write_rules
+
+T0 = float(int(time.time()) - 3600)  # events an hour old, whole seconds; "now" is whatever the test says
+DAY = 86_400.0
+ANNA = {"customer_id": "C1", "email": "anna@example.dk", "device_id": "dev-1", "phone": "+45 20 12 34 56"}
+
+
+class Shop:
+    """The processor over one in-memory partition: every actor local, every message delivered at once."""
+
+    def __init__(self, tmp_path: Path, defaults: dict[str, Any] | None = None, **rules: Any) -> None:
+        settings = Settings(rules_file=write_rules(tmp_path, defaults, **rules))
+        self.processor = Processor(settings, Catalogue.load(PACKAGE_DATA / "catalogue.yaml"))
+        self.state = PartitionState.open(0, MemoryStore())
+        self.n = 0
+
+    def send(self, etype: str, channel: str, ids: dict[str, str], at: float, /, **props: Any) -> str:
+        self.n += 1
+        raw = event(etype, channel, ids, f"e{self.n}", at=at, **props)
+        self.raw(raw)
+        return raw["event_id"]
+
+    def raw(self, raw: dict[str, Any]) -> None:
+        topic = {"inventory_update": "ops.inventory", "order_ready_for_pickup": "ops.orders"}.get(raw["type"], f"channel.{raw['channel']}")
+        at = datetime.fromisoformat(raw["occurred_at"].replace("Z", "+00:00")).timestamp()
+        result = self.processor.ingest(topic, orjson.dumps(raw), max(time.time(), at + 1))  # the test's clock
+        assert not isinstance(result, Rejection), result
+        key, clean = result
+        queue = deque([(key, {"op": "product" if clean["type"] in PRODUCT_EVENT_TYPES else "ev", "event": clean})])
+        while queue:
+            target, msg = queue.popleft()
+            out: list[tuple[str, dict[str, Any]]] = []
+            self.processor.handle(self.state, target, msg, time.time(), out, [])
+            queue.extend(out)
+
+    def buy(self, skus: list[str], at: float, channel: str = "web", ids: dict[str, str] = ANNA, **extra: Any) -> str:
+        self.n += 1
+        raw = purchase("C1", f"e{self.n}", skus, channel=channel)
+        raw["identifiers"] = ids
+        raw["occurred_at"] = event("login", "web", {}, "x", at=at)["occurred_at"]
+        raw["properties"].update(extra)
+        self.raw(raw)
+        return raw["event_id"]
+
+    def fire(self, now: float) -> list[Action]:
+        return self.processor.fire_due(self.state, now)
+
+    def profile(self, pid: str = "customer_id:C1") -> dict[str, Any]:
+        return self.state.txn.get(pid.encode())  # type: ignore[no-any-return]
+
+    @property
+    def suppressed(self) -> dict[tuple[str, str], int]:
+        return dict(self.processor.tally.suppressed)
+
+
+# --- the plays ---------------------------------------------------------------------------
+
+
+def test_consumables_follow_up_after_the_catalogues_delay_in_the_customers_language(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.send("signup", "web", ANNA, T0, locale="da")
+    shop.buy(["VAC-100"], T0, channel="store", store_id="store-cph-1")
+    assert shop.fire(T0 + 59 * DAY) == []
+    (action,) = shop.fire(T0 + 61 * DAY)
+    assert (action.rule, action.action, action.channel, action.kind) == ("consumables_follow_up", "offer_consumable", "email", "marketing")
+    assert action.message.startswith("Tid til nye Dust bags") and action.locale == "da"
+    assert action.offer is not None and action.offer["sku"] == "BAG-100"
+    assert "store" in action.reason and action.trigger_event_ids == ["e2"]
+
+
+def test_buying_the_consumable_anywhere_cancels_the_follow_up(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.buy(["VAC-100"], T0, channel="web")
+    shop.buy(["BAG-100"], T0 + 10, channel="store", store_id="store-cph-1")
+    assert shop.fire(T0 + 90 * DAY) == [] and shop.profile()["timers"] == {}
+
+
+def test_abandoned_cart_gets_one_reminder_and_a_store_purchase_cancels_it(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.send("add_to_cart", "web", ANNA, T0, sku="TSH-001", price=19.0)
+    shop.send("add_to_cart", "app", ANNA, T0 + 60, sku="MUG-002", price=9.0)
+    assert shop.fire(T0 + 60 + 4 * 3600 - 1) == []  # the window restarts with each item added
+    (reminder,) = shop.fire(T0 + 60 + 4 * 3600)
+    assert reminder.action == "cart_reminder" and set(reminder.facts["cart"]) == {"TSH-001", "MUG-002"}
+    shop.send("page_view", "web", ANNA, T0 + 5 * 3600)
+    assert shop.fire(T0 + 30 * DAY) == []  # one reminder
+
+    other = Shop(tmp_path)
+    other.send("add_to_cart", "web", ANNA, T0, sku="TSH-001", price=19.0)
+    other.buy(["TSH-001"], T0 + 600, channel="store", store_id="store-aar-2")
+    assert other.profile()["timers"] == {} and other.fire(T0 + DAY) == []
+
+
+def test_the_cart_follows_the_customer_across_devices(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.send("add_to_cart", "web", {"cookie_id": "ck-1"}, T0, sku="TSH-001", price=19.0)  # anonymous on the laptop
+    shop.send("add_to_cart", "app", {"customer_id": "C1", "device_id": "dev-1"}, T0 + 30, sku="MUG-002", price=9.0)
+    shop.send("login", "web", {"customer_id": "C1", "cookie_id": "ck-1", "email": "anna@example.dk"}, T0 + 60)
+    assert set(shop.profile()["cart"]) == {"TSH-001", "MUG-002"}
+    actions = shop.fire(T0 + DAY)
+    assert len(actions) == 1 and set(actions[0].facts["cart"]) == {"TSH-001", "MUG-002"}
+    assert actions[0].customer == "customer_id:C1"
+
+
+def test_back_in_stock_online_or_at_a_store_they_use(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.send("inventory_update", "ops", {}, T0, sku="PRN-300", available_qty=0)
+    shop.send("product_view", "web", ANNA, T0 + 10, sku="PRN-300")
+    shop.send("inventory_update", "ops", {}, T0 + 20, sku="PRN-300", available_qty=5)
+    (action,) = shop.fire(time.time())
+    assert action.action == "back_in_stock" and action.facts == {"sku": "PRN-300", "available_at": "online"}
+    assert "back in stock online" in action.message
+    shop.send("inventory_update", "ops", {}, T0 + 30, sku="PRN-300", available_qty=3)
+    assert shop.fire(time.time()) == []  # told once
+
+    stores = Shop(tmp_path)
+    stores.send("loyalty_scan", "store", {"customer_id": "C1"}, T0, store_id="store-osl-1")
+    stores.send("inventory_update", "ops", {}, T0, sku="INK-300", available_qty=0)
+    stores.send("add_to_cart", "app", ANNA, T0 + 10, sku="INK-300", price=29.0)
+    stores.send("inventory_update", "ops", {}, T0 + 20, sku="INK-300", store_id="store-cph-1", available_qty=4)
+    assert stores.fire(time.time()) == []
+    assert stores.suppressed[("back_in_stock", "not_at_their_stores")] == 1
+    stores.send("inventory_update", "ops", {}, T0 + 25, sku="INK-300", store_id="store-cph-1", available_qty=0)
+    stores.send("add_to_cart", "app", ANNA, T0 + 26, sku="INK-300", price=29.0)
+    stores.send("inventory_update", "ops", {}, T0 + 30, sku="INK-300", store_id="store-osl-1", available_qty=2)
+    (action,) = stores.fire(time.time())
+    assert action.facts["available_at"] == "store-osl-1" and "at store-osl-1" in action.message
+
+
+def test_viewing_a_product_in_stock_leaves_no_trace(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.send("inventory_update", "ops", {}, T0, sku="PRN-300", available_qty=7)
+    shop.send("product_view", "web", ANNA, T0 + 10, sku="PRN-300")
+    assert "waiting" not in shop.state.txn.get(b"sku:PRN-300")
+
+
+def test_click_and_collect_ready_now_and_one_reminder_unless_collected(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.send("order_ready_for_pickup", "ops", {"customer_id": "C1"}, T0, order_id="O-1", store_id="store-cph-1")
+    shop.send("order_ready_for_pickup", "ops", {"customer_id": "C1"}, T0, order_id="O-2", store_id="store-cph-1")
+    shop.send("signup", "web", ANNA, T0)
+    ready = shop.fire(T0 + 1)
+    assert [a.action for a in ready] == ["pickup_ready", "pickup_ready"]
+    assert ready[0].kind == "transactional" and "store-cph-1" in ready[0].message and "until" in ready[0].message
+    shop.send("pickup_collected", "store", {"customer_id": "C1"}, T0 + 3600, order_id="O-1")
+    (reminder,) = shop.fire(T0 + 49 * 3600)
+    assert reminder.action == "pickup_reminder" and reminder.facts["order_id"] == "O-2"
+    assert reminder.message.startswith("Reminder: order O-2")
+
+
+def test_arrival_with_an_order_to_collect_asks_that_store_to_prepare_it(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, click_and_collect={"enabled": False})
+    shop.send("order_ready_for_pickup", "ops", {"customer_id": "C1"}, T0, order_id="O-7", store_id="store-aar-2")
+    shop.send("geofence_enter", "app", {"customer_id": "C1", "device_id": "dev-1"}, T0 + 60, store_id="store-cph-1")
+    assert shop.fire(T0 + 61) == []  # not where the order waits: nothing
+    shop.send("geofence_enter", "app", {"customer_id": "C1", "device_id": "dev-1"}, T0 + 120, store_id="store-aar-2")
+    (action,) = shop.fire(T0 + 121)
+    assert (action.channel, action.action, action.address) == ("store", "prepare_order", "store-aar-2")
+    assert action.facts["order_id"] == "O-7"
+    shop.send("pickup_collected", "store", {"customer_id": "C1"}, T0 + 200, order_id="O-7")
+    shop.send("geofence_enter", "app", {"customer_id": "C1", "device_id": "dev-1"}, T0 + 900, store_id="store-aar-2")
+    assert shop.fire(T0 + 901) == []
+
+
+def test_loyalty_points_from_every_channel_into_one_balance_and_one_reward_per_threshold(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, loyalty={"threshold": 500})
+    shop.buy(["VAC-100"], T0, channel="web", total=249.0)
+    shop.buy(["COF-200"], T0 + 10, channel="store", store_id="store-cph-1", total=399.0)  # 648
+    shop.buy(["COF-200"], T0 + 10, channel="store", store_id="store-cph-1", order_id="O-e2", total=399.0)  # the same order again
+    assert shop.profile()["loyalty"] == {"points": 648, "rewards": 1}
+    rewards = [a for a in shop.fire(T0 + 20) if a.rule == "loyalty"]
+    assert len(rewards) == 1 and rewards[0].facts["points"] == 648 and "voucher" in rewards[0].message
+
+
+def test_repeat_purchase_offers_a_one_step_reorder(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, consumables_follow_up={"enabled": False})
+    for i in range(3):
+        shop.buy(["BAG-100"], T0 + i * 20 * DAY)
+    timer = shop.profile()["timers"]["repeat_purchase:BAG-100"]
+    assert timer["due"] == pytest.approx(T0 + 60 * DAY)  # their own rhythm: every 20 days
+    (offer,) = shop.fire(T0 + 60 * DAY)
+    assert offer.action == "offer_reorder" and offer.offer == {**offer.offer, "sku": "BAG-100", "one_step_reorder": True}
+
+
+def test_a_call_shows_the_agent_the_customer_across_channels(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.buy(["VAC-100"], T0, channel="web")
+    shop.buy(["TSH-001"], T0 + 10, channel="store", store_id="store-cph-1")
+    shop.send("add_to_cart", "app", ANNA, T0 + 20, sku="MUG-002", price=9.0)
+    shop.fire(T0 + 30)
+    shop.send("call", "callcenter", {"phone": "+45 20 12 34 56", "customer_id": "C1"}, T0 + 40, reason="delivery status")
+    (screen,) = [a for a in shop.fire(T0 + 41) if a.rule == "callcenter_screen"]
+    assert screen.channel == "callcenter" and screen.kind == "transactional"
+    facts = screen.facts
+    assert {p["channel"] for p in facts["recent_purchases"]} == {"web", "store"}
+    assert set(facts["cart"]) == {"MUG-002"}
+    assert [p["rule"] for p in facts["pending_offers"]][:1] == ["abandoned_cart"]
+    assert facts["next_best_action"]["kind"] == "cart"
+    assert "customer_id:C1" in screen.message
+
+
+# --- every action, whatever the play ---------------------------------------------------------
+
+
+def test_channel_follows_consent_reachability_and_engagement(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, defaults={"frequency_caps": []})
+    shop.send("login", "web", {"customer_id": "C1", "email": "anna@example.dk", "phone": "+45 20 12 34 56"}, T0)
+    shop.buy(["VAC-100"], T0, ids={"customer_id": "C1"})
+    shop.buy(["COF-200"], T0, ids={"customer_id": "C1"})
+    shop.buy(["PRN-300"], T0, ids={"customer_id": "C1"})
+    shop.send("consent_updated", "email", {"customer_id": "C1"}, T0 + 1, channel="email", granted=False)
+    first = shop.fire(T0 + 46 * DAY)  # the printer's ink: email withdrawn, phone known
+    assert [(a.channel, a.address) for a in first] == [("sms", "+4520123456")]
+    shop.send("consent_updated", "app", {"customer_id": "C1"}, T0 + 2, channel="sms", granted=False)
+    assert shop.fire(T0 + 61 * DAY) == []
+    assert shop.suppressed[("consumables_follow_up", "no_consent")] == 1
+    lonely = Shop(tmp_path)
+    lonely.buy(["VAC-100"], T0, ids={"customer_id": "C9"})
+    assert lonely.fire(T0 + 61 * DAY) == [] and lonely.suppressed == {("consumables_follow_up", "no_channel"): 1}
+
+
+def test_marketing_is_capped_across_channels_and_transactional_is_not(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, defaults={"frequency_caps": ["1/1d"]})
+    shop.buy(["VAC-100", "COF-200"], T0)  # two follow-ups; VAC in 60 days, COF in 90
+    shop.send("add_to_cart", "web", ANNA, T0 + 60 * DAY - 3600, sku="TSH-001", price=19.0)
+    actions = shop.fire(T0 + 60 * DAY + 3 * 3600)
+    assert [a.rule for a in actions] == ["consumables_follow_up"]
+    assert shop.suppressed == {("abandoned_cart", "frequency_cap"): 1}
+    shop.send("order_ready_for_pickup", "ops", {"customer_id": "C1"}, T0 + 60 * DAY + 4 * 3600, order_id="O-1", store_id="store-cph-1")
+    assert [a.action for a in shop.fire(T0 + 60 * DAY + 4 * 3600)] == ["pickup_ready"]
+
+
+def test_quiet_hours_defer_in_the_customers_time_zone_instead_of_dropping(tmp_path: Path) -> None:
+    shop = Shop(tmp_path, defaults={"quiet_hours": {"start": "21:00", "end": "08:00"}})
+    shop.send("signup", "web", ANNA, T0, time_zone="Asia/Tokyo")
+    eleven_pm_tokyo = 1_800_000_000 - (1_800_000_000 + 9 * 3600) % DAY + 23 * 3600  # 23:00 in Tokyo (UTC+9)
+    shop.send("order_ready_for_pickup", "ops", {"customer_id": "C1"}, eleven_pm_tokyo - 60, order_id="O-1", store_id="store-cph-1")
+    assert shop.fire(eleven_pm_tokyo) == []
+    assert shop.suppressed == {("click_and_collect", "quiet_hours_deferred"): 1}
+    eight_am = eleven_pm_tokyo + 9 * 3600
+    assert shop.profile()["timers"]["click_and_collect:ready:O-1"]["due"] == eight_am
+    (action,) = shop.fire(eight_am)
+    assert action.action == "pickup_ready" and action.due_at == eight_am
+
+
+def test_action_ids_are_deterministic_and_a_replay_emits_nothing_new(tmp_path: Path) -> None:
+    runs = []
+    for _ in range(2):
+        shop = Shop(tmp_path)
+        shop.send("order_ready_for_pickup", "ops", {"customer_id": "C1", "email": "anna@example.dk"}, T0, order_id="O-1", store_id="store-cph-1")
+        runs.append(shop.fire(T0 + 1))
+        replay = event("order_ready_for_pickup", "ops", {"customer_id": "C1"}, "e1", at=T0, order_id="O-1", store_id="store-cph-1")
+        shop.raw(replay)  # the same event again: a duplicate, no new timer
+        assert shop.fire(T0 + 2) == []
+    assert runs[0][0].action_id == runs[1][0].action_id
+
+
+def test_every_offer_is_on_the_profile_for_the_web_and_the_call_centre(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.buy(["VAC-100"], T0)
+    (offer,) = shop.fire(T0 + 61 * DAY)
+    (kept,) = shop.profile()["offers"].values()
+    assert kept["offer"]["sku"] == "BAG-100" and kept["channel"] == "email" and kept["until"] > T0 + 61 * DAY
+    shop.send("chat_message", "chat", {"customer_id": "C1"}, T0 + 61 * DAY + 5)
+    (screen,) = shop.fire(T0 + 61 * DAY + 6)
+    assert [o["action_id"] for o in screen.facts["active_offers"]] == [offer.action_id]
+    assert screen.facts["next_best_action"]["kind"] == "offer"
+
+
+def test_a_switched_off_rule_schedules_nothing_and_its_pending_timers_say_so(tmp_path: Path) -> None:
+    shop = Shop(tmp_path)
+    shop.send("add_to_cart", "web", ANNA, T0, sku="TSH-001", price=19.0)
+    path = shop.processor.rules.path
+    path.write_text(path.read_text().replace("window: 4h", "window: 4h\n    enabled: false") + "\n")
+    assert shop.processor.reload_rules()
+    shop.send("add_to_cart", "web", ANNA, T0 + 1, sku="MUG-002", price=9.0)
+    assert shop.fire(T0 + DAY) == []
+    assert shop.suppressed == {("abandoned_cart", "rule_disabled"): 1}
