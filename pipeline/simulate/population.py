@@ -3,12 +3,17 @@
 Deterministic for a given seed, so tests and benchmarks replay the same
 traffic. Each call to :meth:`Population.journey` yields the events of one
 short visit: a web or app session, a store visit, an e-mail being opened, a
-call, a chat. Optionally, a share of records is deliberately broken in every
-way the ingest contract rejects, so the dead-letter path is exercised too.
+call, a chat, a signup, or an operations event (stock running out or coming
+back). What happens later in a story (a pickup order becoming ready, being
+collected, the customer's app entering that store) is queued a number of
+journeys ahead, so every play of the rules catalogue gets its triggers.
+Optionally, a share of records is deliberately broken in every way the ingest
+contract rejects, so the dead-letter path is exercised too.
 """
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +26,14 @@ from pipeline.actions.catalogue import Catalogue
 from pipeline.ingest.validate import REASONS
 
 LOCALES = ("en", "da", "sv", "nb")
+TIME_ZONES = {"en": "Europe/London", "da": "Europe/Copenhagen", "sv": "Europe/Stockholm", "nb": "Europe/Oslo"}
 FIRST = ("anna", "bo", "carl", "dina", "emil", "freja", "gustav", "hanna", "ida", "jonas", "karin", "lars")
 LAST = ("hansen", "jensen", "nielsen", "berg", "lund", "holm", "dahl", "strand", "vik", "sund")
 STORES = ("store-cph-1", "store-aar-2", "store-osl-1", "store-sto-3")
 CALL_REASONS = ("delivery status", "return", "product question", "invoice")
-CHANNEL_WEIGHTS = {"web": 40, "app": 20, "store": 15, "email": 12, "callcenter": 6, "chat": 7}
+CHANNEL_WEIGHTS = {"web": 40, "app": 20, "store": 15, "email": 12, "callcenter": 3, "chat": 3}
+OPS_SHARE = 0.02  # journeys that are a stock change instead of a customer
+SIGNUP_SHARE = 0.03
 # Every rejection the contract knows that a record on a channel topic can earn by itself.
 BAD_KINDS = tuple(r for r in REASONS if r not in ("wrong_topic", "processing_error"))
 
@@ -40,6 +48,7 @@ class Customer:
     device_id: str | None
     cookie_id: str
     locale: str
+    favourite: str  # the consumable they keep buying
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +65,15 @@ class Population:
         self.rng = random.Random(seed)
         self.catalogue = catalogue
         self.bad_rate = bad_rate
-        self.customers = [self._make_customer(i) for i in range(customers)]
         self.durables = [sku for sku, p in catalogue.products.items() if p.consumable]
         self.others = [sku for sku in catalogue.products if sku not in self.durables]
+        self.consumables = sorted(catalogue.consumable_skus()) or self.others
+        self.customers = [self._make_customer(i) for i in range(customers)]
         self.seq = 0
         self.orders = 0
+        self.journeys = 0
+        self.later: list[tuple[int, int, Produced]] = []  # heap of (journey number, seq, record)
+        self.out_of_stock: set[str] = set()
 
     def _make_customer(self, i: int) -> Customer:
         rng = self.rng
@@ -77,6 +90,7 @@ class Population:
             device_id=f"dev-{i:07d}" if rng.random() < 0.5 else None,
             cookie_id=f"ck-{rng.getrandbits(48):012x}",
             locale=rng.choice(LOCALES),
+            favourite=rng.choice(self.consumables),
         )
 
     # --- records ---------------------------------------------------------------------
@@ -88,11 +102,52 @@ class Population:
 
     def journey(self, now: float) -> list[Produced]:
         rng = self.rng
+        self.journeys += 1
+        due = []
+        while self.later and self.later[0][0] <= self.journeys:
+            due.append(heapq.heappop(self.later)[2])
         if self.bad_rate and rng.random() < self.bad_rate:
-            return [self.bad_record(rng.choice(BAD_KINDS), now)]
+            return due + [self.bad_record(rng.choice(BAD_KINDS), now)]
+        roll = rng.random()
+        if roll < OPS_SHARE:
+            return due + [self._stock_change(now)]
         customer = rng.choice(self.customers)
+        if roll < OPS_SHARE + SIGNUP_SHARE:
+            ids = self._ids(customer, "customer_id", "email", "cookie_id")
+            return due + [self._event("channel.web", "signup", "web", ids, now, locale=customer.locale,
+                                      time_zone=TIME_ZONES[customer.locale])]  # fmt: skip
         channel = rng.choices(list(CHANNEL_WEIGHTS), weights=list(CHANNEL_WEIGHTS.values()))[0]
-        return getattr(self, f"_{channel}")(customer, now)
+        return due + getattr(self, f"_{channel}")(customer, now)
+
+    def _later(self, journeys: int, record: Produced) -> None:
+        heapq.heappush(self.later, (self.journeys + journeys, self.seq, record))
+
+    def _stock_change(self, now: float) -> Produced:
+        """A product runs out online, or one that ran out comes back (online or at a store)."""
+        rng = self.rng
+        if self.out_of_stock and rng.random() < 0.5:
+            sku = rng.choice(sorted(self.out_of_stock))
+            self.out_of_stock.discard(sku)
+            store = rng.choice(STORES) if rng.random() < 0.3 else None
+            return self._event("ops.inventory", "inventory_update", "ops", {}, now, sku=sku, available_qty=rng.randint(5, 40),
+                               **({"store_id": store} if store else {}))  # fmt: skip
+        sku = rng.choice(self.durables + self.others)
+        self.out_of_stock.add(sku)
+        return self._event("ops.inventory", "inventory_update", "ops", {}, now, sku=sku, available_qty=0)
+
+    def _pickup_story(self, c: Customer, order: Produced, now: float) -> None:
+        """Ready soon after the order; usually collected later, often with the app seeing them arrive first."""
+        rng = self.rng
+        props = orjson.loads(order.value)["properties"]
+        ids = self._ids(c, "customer_id")
+        self._later(rng.randint(40, 120), self._event("ops.orders", "order_ready_for_pickup", "ops", ids, now,
+                                                      order_id=props["order_id"], store_id=props["store_id"]))  # fmt: skip
+        if c.device_id and rng.random() < 0.5:
+            app = self._ids(c, "customer_id", "device_id")
+            self._later(rng.randint(300, 900), self._event("channel.app", "geofence_enter", "app", app, now, store_id=props["store_id"]))
+        if rng.random() < 0.7:  # the rest forget, and get the reminder
+            self._later(rng.randint(1000, 2500), self._event("channel.store", "pickup_collected", "store", ids, now,
+                                                             order_id=props["order_id"]))  # fmt: skip
 
     def _event(self, topic: str, etype: str, channel: str, ids: dict[str, str], now: float, **props: Any) -> Produced:
         self.seq += 1
@@ -115,12 +170,16 @@ class Population:
         out = [self._event(topic, "page_view", channel, ids, now, path="/")]
         sku = rng.choice(self.durables if rng.random() < 0.35 else self.others)
         out.append(self._event(topic, "product_view", channel, ids, now, sku=sku))
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and sku not in self.out_of_stock:
             price = self.catalogue.products[sku].price
             out.append(self._event(topic, "add_to_cart", channel, ids, now, sku=sku, qty=1, price=price))
             if rng.random() < 0.6:
                 out.append(self._event(topic, "checkout_started", channel, ids, now))
-                out.append(self._purchase(c, channel, ids, now, [sku], fulfilment="pickup" if rng.random() < 0.2 else "delivery"))
+                pickup = rng.random() < 0.2
+                order = self._purchase(c, channel, ids, now, [sku], fulfilment="pickup" if pickup else "delivery")
+                out.append(order)
+                if pickup:
+                    self._pickup_story(c, order, now)
         return out
 
     def _purchase(self, c: Customer, channel: str, ids: dict[str, str], now: float, skus: list[str], fulfilment: str = "delivery", store_id: str | None = None) -> Produced:  # fmt: skip
@@ -156,7 +215,10 @@ class Population:
         ids = self._ids(c, "customer_id", "loyalty_id", "phone")
         store = rng.choice(STORES)
         out = [self._event("channel.store", "loyalty_scan", "store", ids, now, store_id=store)] if c.loyalty_id else []
-        skus = [rng.choice(self.durables if rng.random() < 0.4 else self.others)]
+        if rng.random() < 0.3:
+            skus = [c.favourite]  # the same bags again: a repeat purchase in the making
+        else:
+            skus = [rng.choice(self.durables if rng.random() < 0.4 else self.others)]
         out.append(self._purchase(c, "store", ids, now, skus, store_id=store))
         return out
 

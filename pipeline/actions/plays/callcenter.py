@@ -41,7 +41,7 @@ class CallCentreScreen(Play):
             action="agent_screen",
             cause=timer_id,
             fields={"summary": summary},
-            reason=f"the customer started a {timer['via'].replace('_', ' ')}",
+            reason=f"the customer started a {timer['via'].replace('_', ' ')}; next best action: {next_best['say']}",
             trigger_event_ids=[timer["trigger_event_id"]],
             facts={
                 "identifiers": profile["identifiers"],
