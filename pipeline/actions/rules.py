@@ -207,7 +207,7 @@ def _describe(exc: ValidationError) -> str:
             where = f"rule {name!r}" + (f", field {'.'.join(rest)!r}" if rest else "")
         else:
             where = f"field {'.'.join(loc)!r}" if loc else "the file"
-        problems.append(f"{where}: {error['msg']}")
+        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
     return "; ".join(problems)
 
 

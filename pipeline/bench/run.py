@@ -218,6 +218,16 @@ def _pipeline_workers(base: Settings, records: list[Produced], workers: int, tmp
 # --- 5. latency ----------------------------------------------------------------------------------------
 
 
+def _bench_rules(tmp: Path) -> Path:
+    """The default rules with no quiet hours and no frequency cap: the figures must not depend on the hour
+    the benchmark runs at, and latency is timed on every follow-up, not on the first one per customer a day."""
+    doc = yaml.safe_load((PACKAGE_DATA / "rules.yaml").read_text())
+    doc["defaults"].update(quiet_hours=None, frequency_caps=[])
+    path = tmp / "rules-bench.yaml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    return path
+
+
 def _instant_catalogue(tmp: Path) -> Path:
     """The default catalogue with every follow-up due at once, so each durable purchase is an action now."""
     doc = yaml.safe_load((PACKAGE_DATA / "catalogue.yaml").read_text())
@@ -349,7 +359,7 @@ def latency_at(settings: Settings, rate: float, seconds: float = 10.0) -> Figure
     """Only the latency measurement, at a rate of your choice (``omni bench --latency-at RATE``)."""
     with _broker(settings) as base, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        return _latency(base.model_copy(update={"state_dir": tmp / "state"}), rate, tmp, seconds)
+        return _latency(base.model_copy(update={"state_dir": tmp / "state", "rules_file": _bench_rules(tmp)}), rate, tmp, seconds)
 
 
 # --- 6. memory and recovery ------------------------------------------------------------------------------
@@ -413,7 +423,7 @@ def run_bench(settings: Settings, events: int, out: Path, profiles: int = 1_000_
     }
     with _broker(settings) as base, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        base = base.model_copy(update={"state_dir": tmp / "state"})
+        base = base.model_copy(update={"state_dir": tmp / "state", "rules_file": _bench_rules(tmp)})
         run = uuid.uuid4().hex[:6]
         t_in, t_raw, t_raw1, t_ref, t_cl = (
             f"bench-{run}.{n}" for n in ("ref-in", "raw-out", "raw1-out", "ref-out", "ref-changelog")

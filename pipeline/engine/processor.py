@@ -19,7 +19,7 @@ from typing import Any
 from pipeline.actions.catalogue import Catalogue
 from pipeline.actions.model import Action
 from pipeline.actions.plays import build_plays
-from pipeline.actions.plays.base import Play, Timers
+from pipeline.actions.plays.base import Play, Rearm, Timers
 from pipeline.actions.policy import Deferred, Policy, Suppressed
 from pipeline.actions.rules import RulesFile
 from pipeline.identity.protocol import IdentityProtocol, Message, Outbox, is_tombstone
@@ -132,9 +132,10 @@ class Processor:
             timers = Timers(state, key, profile)
             timers.cancel(timer_id)
             outcome = self._decide(profile, timer_id, timer, due, now)
-            if isinstance(outcome, Deferred):
+            if isinstance(outcome, (Deferred, Rearm)):
                 timers.set(timer_id, outcome.until, timer["rule"], **{k: v for k, v in timer.items() if k not in ("rule", "due")})
-                self.tally.suppressed[(outcome.rule, "quiet_hours_deferred")] += 1
+                if isinstance(outcome, Deferred):
+                    self.tally.suppressed[(outcome.rule, "quiet_hours_deferred")] += 1
             elif isinstance(outcome, Suppressed):
                 self.tally.suppressed[(outcome.rule, outcome.reason)] += 1
             else:
@@ -143,11 +144,15 @@ class Processor:
             state.txn.set(skey, profile)
         return actions
 
-    def _decide(self, profile: dict[str, Any], timer_id: str, timer: dict[str, Any], due: float, now: float) -> Action | Suppressed | Deferred:
+    def _decide(
+        self, profile: dict[str, Any], timer_id: str, timer: dict[str, Any], due: float, now: float
+    ) -> Action | Suppressed | Deferred | Rearm:
         play = self.plays.get(timer["rule"])
         if play is None:
             return Suppressed(timer["rule"], "rule_disabled")
         draft = play.compose(profile, timer_id, timer, now)
         if isinstance(draft, str):
             return Suppressed(play.name, draft)
+        if isinstance(draft, Rearm):
+            return draft
         return self.policy.decide(play, profile, draft, due, now)

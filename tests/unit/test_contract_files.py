@@ -49,3 +49,10 @@ def test_readme_documents_every_setting() -> None:
         if ENV_ALIASES.get(name, f"OMNI_{name.upper()}") not in readme
     ]
     assert missing == [], f"README's configuration table lacks {missing}"
+
+
+def test_readme_shows_the_shipped_rules_catalogue_as_it_is() -> None:
+    from pipeline.settings import PACKAGE_DATA
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert "```yaml\n" + (PACKAGE_DATA / "rules.yaml").read_text() + "```" in readme, "paste rules.yaml into the README"

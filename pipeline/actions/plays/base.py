@@ -35,6 +35,13 @@ class Draft:
     address: str | None = None  # for a staff-facing channel, where it is meant (a store)
 
 
+@dataclass(frozen=True, slots=True)
+class Rearm:
+    """Not yet: the timer comes due again at ``until`` (a cart still being filled)."""
+
+    until: float
+
+
 class Timers:
     """A profile's timers and its partition's due-time index, changed together."""
 
@@ -79,8 +86,8 @@ class Play:
     def on_notice(self, profile: Profile, notice: dict[str, Any], timers: Timers) -> None:
         """React to a message from another actor."""
 
-    def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
-        """The action a due timer stands for, or why there is none (a reason of ``policy.REASONS``)."""
+    def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> "Draft | Rearm | str":
+        """The action a due timer stands for, a later time to ask again, or why there is none (``policy.REASONS``)."""
         raise NotImplementedError
 
     # --- helpers shared by plays ---------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.actions.plays.base import Draft, Play, Profile, Sends, Timers
+from pipeline.actions.plays.base import Draft, Play, Profile, Rearm, Sends, Timers
 
 
 class AbandonedCart(Play):
@@ -20,7 +20,11 @@ class AbandonedCart(Play):
     def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
         timer_id = self.name
         if event["type"] == "add_to_cart":
-            timers.set(timer_id, event["ts"] + self.rule.window, self.name, trigger_event_id=event["event_id"])
+            # Set once per cart, not moved with every item: when it comes due it looks at the
+            # last item added and, if the window has not passed since, waits that much longer.
+            # Moving it would cost two writes to the timer index per item, on the hot path.
+            if timer_id not in timers.timers:
+                timers.set(timer_id, event["ts"] + self.rule.window, self.name, trigger_event_id=event["event_id"])
         elif not self._unreminded(profile) and timer_id in timers.timers:
             timers.cancel(timer_id)
 
@@ -28,11 +32,14 @@ class AbandonedCart(Play):
         since = profile.get("plays", {}).get(self.name, {}).get("reminded_at", 0.0)
         return {sku: line for sku, line in profile["cart"].items() if line["ts"] > since}
 
-    def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
+    def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | Rearm | str:
         lines = self._unreminded(profile)
         if not lines:
             return "obsolete"
-        self.state_of(profile)["reminded_at"] = max(line["ts"] for line in lines.values())
+        last_added = max(line["ts"] for line in lines.values())
+        if last_added + self.rule.window > now:
+            return Rearm(last_added + self.rule.window)  # still being filled
+        self.state_of(profile)["reminded_at"] = last_added
         names = [self.product_name(sku) for sku in lines]
         return Draft(
             action="cart_reminder",

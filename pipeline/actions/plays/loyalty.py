@@ -50,8 +50,11 @@ class RepeatPurchase(Play):
         purchase = new_purchase(profile, event)
         if purchase is None:
             return
+        purchases = profile["purchases"]
+        if len(purchases) < self.rule.min_purchases:
+            return  # most customers: too few purchases of anything to have a habit yet
         for sku in set(purchase["skus"]):
-            times = sorted(p["ts"] for p in profile["purchases"] if sku in p["skus"])
+            times = sorted(p["ts"] for p in purchases if sku in p["skus"])
             if len(times) < self.rule.min_purchases:
                 continue
             rhythm = (times[-1] - times[0]) / (len(times) - 1)
