@@ -72,12 +72,16 @@ def catalogue_with_delay(tmp_path: Path, delay: str) -> Path:
 def write_rules(tmp_path: Path, defaults: dict[str, Any] | None = None, **rules: dict[str, Any] | None) -> Path:
     """The default rules catalogue with changes: ``defaults`` merged in, each named rule updated (None drops it).
 
-    Quiet hours are off unless ``defaults`` sets them: a test must not depend on the hour it runs at.
+    Quiet hours are off unless ``defaults`` sets them: a test must not depend on the hour it runs at. No
+    customer is held out unless a rule's change sets ``holdout``: which customers a 5 % holdout takes is a
+    hash, and a test about a cart reminder must not find its customer held out.
     """
     from pipeline.settings import PACKAGE_DATA
 
     doc = yaml.safe_load((PACKAGE_DATA / "rules.yaml").read_text())
     doc["defaults"]["quiet_hours"] = None
+    for rule in doc["rules"].values():
+        rule["holdout"] = 0
     doc["defaults"].update(defaults or {})
     for name, changes in rules.items():
         if changes is None:

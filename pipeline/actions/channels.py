@@ -13,8 +13,13 @@ ADDRESS_OF = {"email": "email", "sms": "phone", "push": "device_id", "web": "coo
 
 
 def address_for(profile: dict[str, Any], channel: str) -> str | None:
+    """The most recently used address of the channel's kind that has not bounced."""
     values = profile["identifiers"].get(ADDRESS_OF.get(channel, ""), [])
-    return values[-1] if values else None
+    bounced = profile.get("unreachable", {})
+    for value in reversed(values):
+        if value not in bounced:
+            return value  # type: ignore[no-any-return]
+    return None
 
 
 def engagement(profile: dict[str, Any], channel: str) -> int:

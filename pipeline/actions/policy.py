@@ -18,6 +18,7 @@ from pipeline.actions.channels import address_for, engagement
 from pipeline.actions.model import Action, action_id
 from pipeline.actions.plays.base import Draft, Play, Profile
 from pipeline.actions.rules import CUSTOMER_CHANNELS, Defaults
+from pipeline.measure.touches import add_touch, in_holdout
 
 REASONS = (
     "rule_disabled",  # switched off (or removed) after the timer was set
@@ -28,6 +29,7 @@ REASONS = (
     "frequency_cap",  # the customer had enough marketing lately
     "quiet_hours_deferred",  # not dropped: due again when quiet hours end
     "not_at_their_stores",  # back in stock, but only at stores the customer does not use
+    "holdout",  # in the rule's holdout group: recorded as a would-be action, to measure the rule's effect
 )
 OFFERS_KEPT = 50
 STAFF_CHANNELS = ("store", "callcenter")
@@ -37,6 +39,13 @@ STAFF_CHANNELS = ("store", "callcenter")
 class Suppressed:
     rule: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeldOut:
+    """The customer is in the rule's holdout group: the would-be action is recorded, not sent."""
+
+    action: Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +61,7 @@ class Policy:
         self.default_lang = _lang(defaults.locale)
         self.longest_cap = max((c.period for c in defaults.frequency_caps), default=0.0)
 
-    def decide(self, play: Play, profile: Profile, draft: Draft, due: float, now: float) -> Action | Suppressed | Deferred:
+    def decide(self, play: Play, profile: Profile, draft: Draft, due: float, now: float) -> Action | HeldOut | Suppressed | Deferred:
         rule = play.rule
         aid = action_id(play.name, profile["id"], draft.cause)
         if aid in profile["actions"]:
@@ -86,6 +95,11 @@ class Policy:
             created_at=now,
             due_at=due,
         )
+        held = rule.holdout > 0 and in_holdout(profile, play.name, rule.holdout)
+        add_touch(profile, aid, play.name, "holdout" if held else "treated", now, rule.attribution_window, channel, action.address)
+        if held:
+            remember_id(profile["actions"], aid, now, self.actions_kept)  # decided: a replay does not decide again
+            return HeldOut(action)
         self.record(profile, action, now)
         return action
 
@@ -127,10 +141,7 @@ class Policy:
 
     def record(self, profile: Profile, action: Action, now: float) -> None:
         """Remember the action on the profile: its id (replays), marketing contacts (caps), the offer (web, call centre)."""
-        actions: dict[str, float] = profile["actions"]
-        actions[action.action_id] = now
-        while len(actions) > self.actions_kept:
-            del actions[next(iter(actions))]
+        remember_id(profile["actions"], action.action_id, now, self.actions_kept)
         if action.kind == "marketing":
             contacts = [t for t in profile.get("contacts", []) if t > now - self.longest_cap]
             contacts.append(now)
@@ -144,6 +155,12 @@ class Policy:
             while len(offers) > OFFERS_KEPT:
                 del offers[next(iter(offers))]
             profile["offers"] = offers
+
+
+def remember_id(actions: dict[str, float], action_id: str, now: float, keep: int) -> None:
+    actions[action_id] = now
+    while len(actions) > keep:
+        del actions[next(iter(actions))]
 
 
 def active_offers(profile: Profile, now: float) -> list[dict[str, Any]]:

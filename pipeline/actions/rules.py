@@ -76,6 +76,12 @@ class _Rule(BaseModel):
     )
     messages: dict[str, str] = Field(min_length=1, description="text per language, with {placeholders}")
     offer_valid: Duration = Field(14 * 86_400.0, description="how long an offer stays active on the profile")
+    holdout: float = Field(
+        0.05, ge=0.0, le=0.5, description="share of customers who get no action from this rule, to measure its effect"
+    )
+    attribution_window: Duration = Field(
+        7 * 86_400.0, description="a purchase this soon after the action counts as its conversion; 0 measures nothing"
+    )
 
     #: placeholders a message may use; each play lists its own
     fields: ClassVar[frozenset[str]] = frozenset()

@@ -73,8 +73,8 @@ class Job(ABC):
     def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
         """Fire due timers."""
 
-    def housekeeping(self) -> None:
-        """Called about once a second between batches (e.g. to reload configuration)."""
+    def housekeeping(self, owned: Mapping[int, PartitionState], metrics: Metrics) -> None:
+        """Called about once a second between batches (to reload configuration, refresh gauges)."""
 
     def report(self, metrics: Metrics) -> None:
         """Hand counts gathered since the last call to Prometheus."""

@@ -155,7 +155,7 @@ class Engine:
                     await self.checkpoint()
                     self._encode_checkpoint(s.checkpoint_slice_ms / 1000)
             if time.monotonic() - last_lag >= 1.0:
-                self.job.housekeeping()
+                self.job.housekeeping(self.state, self.metrics)
                 await self._update_lag()
                 last_lag = time.monotonic()
 

@@ -35,7 +35,8 @@ from pipeline.ingest.contract import INPUT_TOPICS, PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import Rejection
 from pipeline.kafka import partition_for
 from pipeline.ops.metrics import Metrics
-from pipeline.ops.topics import CHANGELOG, MERGES, REPARTITION, TopicSpec, load_topics
+from pipeline.measure import ledger
+from pipeline.ops.topics import CHANGELOG, MERGES, OUTCOMES, REPARTITION, TopicSpec, load_topics
 from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
 
@@ -49,7 +50,7 @@ class OmnichannelJob(Job):
         self.processor = Processor(settings, catalogue)
         self.state_topic = settings.topic(REPARTITION)
         self.changelog_topic = settings.topic(CHANGELOG)
-        self.source_topics = {settings.topic(t): t for t in INPUT_TOPICS}
+        self.source_topics = {settings.topic(t): t for t in (*INPUT_TOPICS, OUTCOMES)}
         self.deadletter = settings.topic(DEADLETTER)
         self.merges_topic = settings.topic(MERGES)
         self._produced: list[tuple[str, Message]] = []
@@ -61,6 +62,9 @@ class OmnichannelJob(Job):
         self, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
     ) -> None:
         logical = self.source_topics[tp.topic]
+        if logical == OUTCOMES:
+            self._on_outcomes(tp, records, now, out, owned)
+            return
         ingest = self.processor.ingest
         for rec in records:
             try:
@@ -75,6 +79,16 @@ class OmnichannelJob(Job):
             key, event = result
             op = "product" if event["type"] in PRODUCT_EVENT_TYPES else "ev"
             self._deliver(key, {"op": op, "event": event}, rec, tp, now, out, owned)
+
+    def _on_outcomes(
+        self, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
+    ) -> None:  # fmt: skip
+        for rec in records:
+            result = self.processor.ingest_outcome(rec.value, now)
+            if isinstance(result, Rejection):
+                self._dead_letter(rec, tp, result, out)
+            else:
+                self._deliver(result[0], result[1], rec, tp, now, out, owned)
 
     def on_state(
         self, state: PartitionState, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
@@ -161,12 +175,13 @@ class OmnichannelJob(Job):
         self._dead_letter(rec, source, rejection, out)
 
     def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
-        for action in self.processor.fire_due(state, now):
-            out.add(self.settings.topic(f"actions.{action.channel}"), action.customer.encode(), orjson.dumps(action.model_dump()))
+        for topic, action in self.processor.fire_due(state, now):
+            out.add(self.settings.topic(topic), action.customer.encode(), orjson.dumps(action.model_dump()))
 
-    def housekeeping(self) -> None:
+    def housekeeping(self, owned: Mapping[int, PartitionState], metrics: Metrics) -> None:
         if self.processor.reload_rules():
             log.info("rules now enabled: %s", ", ".join(sorted(self.processor.plays)) or "none")
+        metrics.show_ledger(ledger.summed(owned.values()))
 
     def _dead_letter(self, rec: Any, tp: TopicPartition, rejection: Rejection, out: Outbox) -> None:
         partition = tp.partition % self.partition_counts[self.deadletter]
@@ -182,6 +197,8 @@ class OmnichannelJob(Job):
         m.add(m.suppressed, t.suppressed)
         if t.duplicates:
             m.duplicates.inc(t.duplicates)
+        if t.outcomes_unmatched:
+            m.outcomes_unmatched.inc(t.outcomes_unmatched)
         self.processor.tally = Tallies()
         identity = self.processor.identity.tally
         if identity.merges:

@@ -20,11 +20,15 @@ from pipeline.actions.catalogue import Catalogue
 from pipeline.actions.model import Action
 from pipeline.actions.plays import build_plays
 from pipeline.actions.plays.base import Play, Rearm, Timers
-from pipeline.actions.policy import Deferred, Policy, Suppressed
+from pipeline.actions.plays.base import new_purchase
+from pipeline.actions.policy import Deferred, HeldOut, Policy, Suppressed
 from pipeline.actions.rules import RulesFile
 from pipeline.identity.protocol import IdentityProtocol, Message, Outbox, is_tombstone
 from pipeline.identity.resolve import routing_key
 from pipeline.ingest.validate import CleanEvent, Rejection, Validator
+from pipeline.measure import ledger
+from pipeline.measure.touches import attribute, record_outcome
+from pipeline.ops.topics import HOLDOUTS, OUTCOMES
 from pipeline.profiles.product import PRODUCT_OPS, product_step
 from pipeline.profiles.profile import ProfileLimits, apply_event, seen_before
 from pipeline.settings import Settings
@@ -42,6 +46,7 @@ class Tallies:
     duplicates: int = 0
     actions: Counter = field(default_factory=Counter)
     suppressed: Counter = field(default_factory=Counter)
+    outcomes_unmatched: int = 0
 
 
 class Processor:
@@ -90,6 +95,15 @@ class Processor:
         self.tally.events_in[(data["channel"], data["type"])] += 1
         return routing_key(data), data
 
+    def ingest_outcome(self, value: bytes | None, now: float) -> tuple[str, Message] | Rejection:
+        """A sender's report from ``outcomes``: routed to the action's customer, like an event to its profile."""
+        result = self.validate.outcome(value, now)
+        if isinstance(result, Rejection):
+            self.tally.deadletter[(result.reason, OUTCOMES)] += 1
+            return result
+        self.tally.events_in[("outcomes", result["outcome"])] += 1
+        return result["customer"], {"op": "notice", "about": "outcome", "report": result}
+
     # --- step 2: apply to state ------------------------------------------------------
 
     def handle(self, state: PartitionState, target: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
@@ -107,6 +121,8 @@ class Processor:
             return False
         self.applied += 1
         apply_event(profile, event, self.limits)
+        if event["type"] == "purchase" and "touches" in profile:
+            self._attribute(state, profile, event)
         plays = self.by_trigger.get(event["type"])
         if plays:
             timers = Timers(state, pid, profile)
@@ -116,13 +132,29 @@ class Processor:
         return True
 
     def _notice(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message) -> None:
+        if msg["about"] == "outcome":
+            outcome = record_outcome(profile, msg["report"])
+            if outcome is None:
+                self.tally.outcomes_unmatched += 1
+            else:
+                ledger.count(state, outcome.rule, outcome.group, outcome.outcome)
+            return
         for play in self.by_trigger.get(f"notice:{msg['about']}", ()):
             play.on_notice(profile, msg, Timers(state, pid, profile))
 
+    def _attribute(self, state: PartitionState, profile: dict[str, Any], event: dict[str, Any]) -> None:
+        purchase = new_purchase(profile, event)
+        conversion = attribute(profile, purchase) if purchase is not None else None
+        if conversion is not None:
+            if conversion.first:
+                ledger.count(state, conversion.rule, conversion.group, "conversions")
+            ledger.count(state, conversion.rule, conversion.group, "revenue", conversion.revenue)
+
     # --- step 3: due timers become actions ------------------------------------------------
 
-    def fire_due(self, state: PartitionState, now: float) -> list[Action]:
-        actions: list[Action] = []
+    def fire_due(self, state: PartitionState, now: float) -> list[tuple[str, Action]]:
+        """Due timers become actions: (logical topic, action) for each sent or held out."""
+        actions: list[tuple[str, Action]] = []
         for due, key, timer_id in state.due(now):
             skey = key.encode()
             profile = state.txn.get(skey)
@@ -138,15 +170,27 @@ class Processor:
                     self.tally.suppressed[(outcome.rule, "quiet_hours_deferred")] += 1
             elif isinstance(outcome, Suppressed):
                 self.tally.suppressed[(outcome.rule, outcome.reason)] += 1
+                ledger.count(state, outcome.rule, "suppressed", outcome.reason)
+            elif isinstance(outcome, HeldOut):
+                action = outcome.action
+                self.tally.suppressed[(action.rule, "holdout")] += 1
+                self._count_touch(state, action, "holdout", "held")
+                actions.append((HOLDOUTS, action))
             else:
                 self.tally.actions[(outcome.rule, outcome.channel)] += 1
-                actions.append(outcome)
+                self._count_touch(state, outcome, "treated", "sent")
+                actions.append((f"actions.{outcome.channel}", outcome))
             state.txn.set(skey, profile)
         return actions
 
+    def _count_touch(self, state: PartitionState, action: Action, group: str, what: str) -> None:
+        ledger.count(state, action.rule, group, what)
+        if self.plays[action.rule].rule.attribution_window > 0:
+            ledger.count(state, action.rule, group, "touches")
+
     def _decide(
         self, profile: dict[str, Any], timer_id: str, timer: dict[str, Any], due: float, now: float
-    ) -> Action | Suppressed | Deferred | Rearm:
+    ) -> Action | HeldOut | Suppressed | Deferred | Rearm:
         play = self.plays.get(timer["rule"])
         if play is None:
             return Suppressed(timer["rule"], "rule_disabled")

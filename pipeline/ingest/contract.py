@@ -279,3 +279,24 @@ PRODUCT_EVENT_TYPES = frozenset({"inventory_update"})
 
 Event = Annotated[Union[tuple(EVENT_MODELS.values())], Field(discriminator="type")]  # type: ignore[valid-type]
 EVENT_ADAPTER: TypeAdapter[Any] = TypeAdapter(Event)
+
+
+# --- what senders report back on ``outcomes`` -------------------------------------------
+
+OUTCOME_KINDS = ("delivered", "bounced", "opened", "clicked", "converted", "failed")
+
+
+@with_config(_CLOSED)
+class OutcomeReport(TypedDict):
+    """A sender's report on one action, keyed (and routed) by the action's ``customer``."""
+
+    action_id: Id
+    customer: Annotated[str, Field(min_length=1, max_length=300, description="the action's customer (profile id)")]
+    outcome: Literal["delivered", "bounced", "opened", "clicked", "converted", "failed"]
+    occurred_at: AwareDatetime
+    rule: NotRequired[Annotated[str, Field(max_length=100)]]
+    channel: NotRequired[Annotated[str, Field(max_length=20)]]
+    detail: NotRequired[Annotated[str, Field(max_length=1000, description="e.g. the SMTP server's answer")]]
+
+
+OUTCOME_ADAPTER: TypeAdapter[Any] = TypeAdapter(OutcomeReport)

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from pipeline.ingest.contract import EVENT_ADAPTER, EVENT_MODELS, PRODUCT_EVENT_TYPES, TOPIC_CONTRACT
+from pipeline.ingest.contract import EVENT_ADAPTER, EVENT_MODELS, OUTCOME_ADAPTER, PRODUCT_EVENT_TYPES, TOPIC_CONTRACT
 from pipeline.ingest.normalise import normalise_identifiers
 from pipeline.settings import Settings
 
@@ -62,6 +62,22 @@ class Validator:
             return _explain(logical_topic, value, exc)
         return self._accept(logical_topic, data, now)
 
+    def outcome(self, value: bytes | None, now: float) -> dict[str, Any] | Rejection:
+        """Validate a sender's report from ``outcomes`` (``ts`` added, as for events)."""
+        if value is None or len(value) == 0:
+            return Rejection("malformed_json", "empty message")
+        if len(value) > self.settings.max_event_bytes:
+            return Rejection("oversized", f"{len(value)} bytes > limit {self.settings.max_event_bytes}")
+        try:
+            data: dict[str, Any] = OUTCOME_ADAPTER.validate_json(value)
+        except ValidationError as exc:
+            return _not_json(value) or _rejection_from(exc, "")
+        ts = data["occurred_at"].timestamp()
+        if ts < self.min_ts or ts > now + self.settings.future_tolerance_s:
+            return Rejection("absurd_timestamp", f"occurred_at {data['occurred_at'].isoformat()} is out of range")
+        data["ts"] = ts
+        return data
+
     def _accept(self, logical_topic: str, data: dict[str, Any], now: float) -> CleanEvent | Rejection:
         etype = data["type"]
         allowed_types, allowed_channels = TOPIC_CONTRACT[logical_topic]
@@ -85,8 +101,8 @@ class Validator:
         return CleanEvent(data, dropped)
 
 
-def _explain(logical_topic: str, value: bytes, exc: ValidationError) -> Rejection:
-    """Why a record failed validation, most fundamental reason first."""
+def _not_json(value: bytes) -> Rejection | None:
+    """The reason a record is not a JSON object at all, if it is not."""
     try:
         obj = orjson.loads(value)
     except orjson.JSONDecodeError as jexc:
@@ -97,6 +113,15 @@ def _explain(logical_topic: str, value: bytes, exc: ValidationError) -> Rejectio
         return Rejection("malformed_json", str(jexc))
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"top-level JSON is {type(obj).__name__}")
+    return None
+
+
+def _explain(logical_topic: str, value: bytes, exc: ValidationError) -> Rejection:
+    """Why a record failed validation, most fundamental reason first."""
+    basic = _not_json(value)
+    if basic is not None:
+        return basic
+    obj = orjson.loads(value)
     etype = obj.get("type")
     if not isinstance(etype, str) or etype not in EVENT_MODELS:
         return Rejection("unknown_type", f"type {etype!r} is not in the contract")

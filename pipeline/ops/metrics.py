@@ -82,6 +82,24 @@ class Metrics:
             registry=r,
         )  # fmt: skip
         self.partitions_owned = Gauge("omni_partitions_owned", "State partitions this worker owns", registry=r)
+        # Per-rule measurement, from the ledgers of the partitions this worker owns: durable totals, not
+        # counters of this process, so sum() over the workers is the whole, whatever moved where.
+        self.rule_counts = Gauge(
+            "omni_rule", "Per rule and group (treated, holdout): sent, held, touches, conversions, revenue, "
+            "delivered, opened, clicked, bounced, converted, failed", ["rule", "group", "what"], registry=r,
+        )  # fmt: skip
+        self.outcomes_unmatched = Counter(
+            "omni_outcomes_unmatched", "Outcome reports for no action a profile remembers (or reported twice)", registry=r
+        )
+
+    def show_ledger(self, ledger: dict[str, dict[str, dict[str, float]]]) -> None:
+        self.rule_counts.clear()  # partitions come and go: the gauges show what is owned now
+        for rule, sections in ledger.items():
+            for group, counts in sections.items():
+                if group == "suppressed":
+                    continue  # omni_actions_suppressed_total has them, by reason
+                for what, n in counts.items():
+                    self.rule_counts.labels(rule, group, what).set(n)
 
     @staticmethod
     def add(counter: Counter, tally: Tally) -> None:

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.actions.model import Action
-from pipeline.ingest.contract import EVENT_ADAPTER
+from pipeline.ingest.contract import EVENT_ADAPTER, OUTCOME_ADAPTER
 
 
 def generated() -> dict[str, dict[str, Any]]:
     return {
         "event.schema.json": {"title": "Event", **EVENT_ADAPTER.json_schema()},
         "action.schema.json": Action.model_json_schema(),
+        "outcome.schema.json": {"title": "Outcome", **OUTCOME_ADAPTER.json_schema()},
     }
 
 

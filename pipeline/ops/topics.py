@@ -15,6 +15,8 @@ TOPIC_ALREADY_EXISTS = 36
 REPARTITION = "internal.events-by-customer"
 CHANGELOG = "internal.state-changelog"
 MERGES = "identity.merges"  # every merge and split of profiles, for downstream systems to follow
+OUTCOMES = "outcomes"  # what senders report back on actions (delivered, bounced, opened...)
+HOLDOUTS = "actions.holdout"  # would-be actions of customers in a rule's holdout group: recorded, never sent
 
 
 class TopicSpec(BaseModel):

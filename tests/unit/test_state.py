@@ -81,7 +81,7 @@ def test_processor_schedules_fires_once_and_reloads_timers_from_the_store(tmp_pa
     assert len(reopened.timers) == 1
     due = reopened.timers[0][0]
     assert processor.fire_due(reopened, due - 1) == []
-    (action,) = processor.fire_due(reopened, due)
+    ((_, action),) = processor.fire_due(reopened, due)
     assert action.offer is not None and action.offer["sku"] == "BAG-100"
     assert processor.fire_due(reopened, due + 1) == []
     profile = reopened.txn.get(b"customer_id:C1")
