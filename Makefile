@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench identity-eval install schemas clean
+.PHONY: run test bench identity-eval measure-eval install schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 ## The identity graph scored against the simulator's truth: 5,000 people, 2 workers, 8 partitions.
 identity-eval: $(STAMP)
 	$(BIN)/omni identity evaluate --people 5000 --workers 2 --partitions 8 --out bench/identity.json
+
+## The per-rule report checked against a simulated world where each play's true effect is known.
+measure-eval: $(STAMP)
+	$(BIN)/omni measure evaluate --customers-per-play 2000 --out bench/measure.json --html bench/measure.html
 
 ## Regenerate schemas/ from the pydantic models.
 schemas: $(STAMP)

@@ -8,6 +8,8 @@
     omni watch                   the live view of next-best-actions
     omni bench                   throughput, latency, memory and recovery, against raw aiokafka and Quix Streams
     omni rules check [FILE]      validate a rules catalogue and list its rules
+    omni report [--url U]        what each play earns: the table, and report.html with charts
+    omni measure evaluate        the report checked against a simulated world with known effects
     omni schemas [--check]       write (or check) schemas/ from the pydantic models
 """
 
@@ -101,6 +103,29 @@ def cmd_worker(args: argparse.Namespace) -> None:
     app = create_app(settings, catalogue)
     print(f"metrics: http://{settings.web_host}:{settings.web_port}/metrics", flush=True)
     Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from pipeline.measure.report import fetch, page, table
+
+    url = args.url or f"http://{_settings().web_host}:{_settings().web_port}"
+    try:
+        stats = fetch(url)
+    except OSError as exc:
+        sys.exit(f"no worker answered at {url}/rules/stats: {exc}")
+    print(table(stats))
+    Path(args.html).write_text(page(stats), encoding="utf-8")
+    print(f"\nwrote {args.html} (open it in a browser; it needs no network)")
+    if any(r["negative"] for r in stats["rules"]):
+        sys.exit(2)  # a rule that hurts: scripts and CI notice
+
+
+def cmd_measure(args: argparse.Namespace) -> None:
+    from pipeline.measure.evaluate import main
+
+    recovered = main(args.customers_per_play, Path(args.out) if args.out else None, Path(args.html) if args.html else None)
+    if not recovered:
+        sys.exit("some true effect lies outside its 95 % interval (expected now and then: 1 in 20 per play)")
 
 
 def cmd_rules(args: argparse.Namespace) -> None:
@@ -263,6 +288,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-at", type=float, default=None, metavar="RATE", help="only measure latency at this rate")
     p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", help="what each play earns: per-rule table and an HTML page with charts")
+    p.add_argument("--url", default=None, help="any worker's web address (default: this machine's OMNI_WEB_PORT)")
+    p.add_argument("--html", default="report.html", help="where to write the page")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("measure", help="check the report against a simulated world with known effects")
+    p.add_argument("action", choices=["evaluate"])
+    p.add_argument("--customers-per-play", type=int, default=1000)
+    p.add_argument("--out", default=None, help="JSON with the figures and verdicts")
+    p.add_argument("--html", default=None, help="the report page for the run")
+    p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("rules", help="the rules catalogue")
     p.add_argument("action", choices=["check"], help="check: validate a rules file without starting anything")

@@ -23,6 +23,7 @@ from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.lookup import HOPS_HEADER, MAX_HOPS, ProfileLookup
 from pipeline.engine.loop import Engine
 from pipeline.engine.omnichannel import omnichannel_engine
+from pipeline.engine.rulestats import RuleStats
 from pipeline.ops.metrics import Metrics
 from pipeline.settings import Settings
 
@@ -107,6 +108,13 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
         """``/profiles?email=anna@example.dk`` (any identifier type) or ``/profiles?id=customer_id:C1``."""
         status, body = await lookup.answer(request.query, _hops(request))
         return self.json(body, status=status)
+
+    rule_stats = RuleStats(engine)
+
+    @app.page("/rules/stats")
+    async def rules_page(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """Per rule: sent, held out, suppressed by reason, outcomes, conversions, uplift (``?local=1``: this worker's)."""
+        return self.json(rule_stats.local() if request.query.get("local") else await rule_stats.everywhere())
 
     @app.page("/profiles/{key}")
     async def profile_page(self: faust.web.View, request: faust.web.Request, key: str) -> faust.web.Response:
