@@ -6,6 +6,7 @@ worker with a message naming the product and field instead of half-loading.
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import yaml
@@ -20,12 +21,23 @@ class ConsumableOffer(BaseModel):
     sku: str = Field(min_length=1)
     name: str
     delay: str = Field(description="how long after the durable purchase to offer it, e.g. '60d'")
-    message: dict[str, str] = Field(default_factory=dict, description="offer text per locale, {name} filled in")
+    message: dict[str, str] = Field(
+        default_factory=dict, description="offer text per language, with {consumable} and {durable}; the rule's otherwise"
+    )
 
     @field_validator("delay")
     @classmethod
     def _valid_delay(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("message")
+    @classmethod
+    def _known_placeholders(cls, value: dict[str, str]) -> dict[str, str]:
+        for lang, text in value.items():
+            used = {name for _, name, _, _ in string.Formatter().parse(text) if name}
+            if used - {"consumable", "durable"}:
+                raise ValueError(f"message.{lang} uses unknown {sorted(used - {'consumable', 'durable'})}")
         return value
 
     @property
@@ -46,7 +58,6 @@ class Catalogue(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     note: str | None = Field(None, description="shown on screen, e.g. that a demo compresses time")
-    default_locale: str = "en"
     products: dict[str, Product]
 
     @classmethod

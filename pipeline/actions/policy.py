@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pipeline.actions.channels import address_for, engagement
 from pipeline.actions.model import Action, action_id
 from pipeline.actions.plays.base import Draft, Play, Profile
-from pipeline.actions.rules import CUSTOMER_CHANNELS, Defaults
+from pipeline.actions.rules import CUSTOMER_CHANNELS, STAFF_CHANNELS, Defaults, language
 from pipeline.measure.touches import add_touch, in_holdout
+from pipeline.profiles.profile import time_zone
 
 REASONS = (
     "rule_disabled",  # switched off (or removed) after the timer was set
@@ -28,11 +27,12 @@ REASONS = (
     "no_consent",  # reachable, but consent withdrawn on every such channel
     "frequency_cap",  # the customer had enough marketing lately
     "quiet_hours_deferred",  # not dropped: due again when quiet hours end
-    "not_at_their_stores",  # back in stock, but only at stores the customer does not use
+    "waiting_list_full",  # back in stock: the product's waiting list was full when the customer looked
     "holdout",  # in the rule's holdout group: recorded as a would-be action, to measure the rule's effect
+    "too_late",  # a moment that has passed: a store told of an arrival, an agent shown a call, hours later
+    "error",  # deciding raised (a bug, or a rule the data breaks): logged, and the timer dropped
 )
 OFFERS_KEPT = 50
-STAFF_CHANNELS = ("store", "callcenter")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +58,21 @@ class Policy:
     def __init__(self, defaults: Defaults, actions_kept: int = 100) -> None:
         self.defaults = defaults
         self.actions_kept = actions_kept
-        self.default_lang = _lang(defaults.locale)
+        self.default_lang = language(defaults.locale)
         self.longest_cap = max((c.period for c in defaults.frequency_caps), default=0.0)
 
-    def decide(self, play: Play, profile: Profile, draft: Draft, due: float, now: float) -> Action | HeldOut | Suppressed | Deferred:
+    def decide(
+        self, play: Play, profile: Profile, draft: Draft, due: float, now: float, origin: str
+    ) -> Action | HeldOut | Suppressed | Deferred:
+        """``origin``: the profile the timer was set for. The id derives from it, not from the profile holding
+        the timer now, so an action keeps its id when a merge moves its timer to another profile."""
         rule = play.rule
-        aid = action_id(play.name, profile["id"], draft.cause)
+        aid = action_id(play.name, origin, draft.cause)
         if aid in profile["actions"]:
             return Suppressed(play.name, "already_sent")
         channel = self.channel(profile, rule.channels)
-        if isinstance(channel, Suppressed):
-            return Suppressed(play.name, channel.reason)
+        if channel in REASONS:
+            return Suppressed(play.name, channel)
         if channel in CUSTOMER_CHANNELS:
             until = self.quiet_until(profile, now)
             if until is not None:
@@ -76,8 +80,6 @@ class Policy:
         if rule.kind == "marketing" and self.capped(profile, now):
             return Suppressed(play.name, "frequency_cap")
         locale = profile.get("locale") or self.defaults.locale
-        messages = draft.messages or rule.messages
-        template = messages.get(_lang(locale)) or messages[self.default_lang]
         action = Action(
             action_id=aid,
             rule=play.name,
@@ -86,12 +88,12 @@ class Policy:
             customer=profile["id"],
             channel=channel,  # type: ignore[arg-type]
             locale=locale,
-            message=template.format(**draft.fields),
+            message=self.words(locale, draft.messages, rule.messages).format(**draft.fields),
             reason=draft.reason,
             trigger_event_ids=draft.trigger_event_ids,
             facts=draft.facts,
             offer=draft.offer and {**draft.offer, "valid_until": now + rule.offer_valid},
-            address=draft.address if channel not in CUSTOMER_CHANNELS else address_for(profile, channel),
+            address=draft.address if channel in STAFF_CHANNELS else address_for(profile, channel),
             created_at=now,
             due_at=due,
         )
@@ -103,21 +105,29 @@ class Policy:
         self.record(profile, action, now)
         return action
 
-    def channel(self, profile: Profile, candidates: tuple[str, ...]) -> str | Suppressed:
-        """The consented, reachable candidate the customer engages with most (ties: the rule's order).
+    def words(self, locale: str, *choices: dict[str, str] | None) -> str:
+        """The text in the customer's language from the first set of messages that has it, else the default language."""
+        texts = [{language(k): v for k, v in c.items()} for c in choices if c]
+        for lang in (language(locale), self.default_lang):
+            for by_lang in texts:
+                if lang in by_lang:
+                    return by_lang[lang]
+        return next(iter(texts[-1].values()))
+
+    def channel(self, profile: Profile, candidates: tuple[str, ...]) -> str:
+        """The consented, reachable candidate the customer engages with most (ties: the rule's order), or why none.
 
         Staff-facing channels (the store, the call centre) need neither consent nor an address.
         """
-        staff = [c for c in candidates if c in STAFF_CHANNELS]
-        if staff:
-            return staff[0]
+        if candidates[0] in STAFF_CHANNELS:  # a rule's channels are all staff or all customer (rules.py)
+            return candidates[0]
         reachable = [c for c in candidates if address_for(profile, c) is not None]
         if not reachable:
-            return Suppressed("", "no_channel")
+            return "no_channel"
         consent = profile["consent"]
         usable = [c for c in reachable if consent.get(c, True)]
         if not usable:
-            return Suppressed("", "no_consent")
+            return "no_consent"
         return max(usable, key=lambda c: engagement(profile, c))  # max() keeps the first of equals
 
     def quiet_until(self, profile: Profile, now: float) -> float | None:
@@ -125,7 +135,8 @@ class Policy:
         quiet = self.defaults.quiet_hours
         if quiet is None:
             return None
-        local = datetime.fromtimestamp(now, _zone(profile.get("time_zone") or self.defaults.time_zone))
+        zone = time_zone(profile.get("time_zone") or self.defaults.time_zone) or time_zone(self.defaults.time_zone)
+        local = datetime.fromtimestamp(now, zone)
         t = local.time()
         inside = (t >= quiet.start or t < quiet.end) if quiet.start > quiet.end else (quiet.start <= t < quiet.end)
         if not inside:
@@ -165,15 +176,3 @@ def remember_id(actions: dict[str, float], action_id: str, now: float, keep: int
 
 def active_offers(profile: Profile, now: float) -> list[dict[str, Any]]:
     return [{"action_id": k, **o} for k, o in profile.get("offers", {}).items() if o["until"] > now]
-
-
-def _lang(locale: str) -> str:
-    return locale.split("-")[0].split("_")[0].lower()
-
-
-@lru_cache(maxsize=512)
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")

@@ -13,13 +13,13 @@ import string
 from datetime import time as clock
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.actions.durations import parse_duration
 from pipeline.actions.model import ActionChannel
+from pipeline.profiles.profile import time_zone
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,16 @@ class FrequencyCap(BaseModel):
 
 class QuietHours(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    start: clock = Field(description="local time actions to the customer stop, e.g. 21:00")
-    end: clock = Field(description="local time they may go again, e.g. 08:00")
+    start: clock = Field(description="local time actions to the customer stop, e.g. '21:00'")
+    end: clock = Field(description="local time they may go again, e.g. '08:00'")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted 21:00 as the number 1260 (base 60), which would pass as 00:21.
+        if not isinstance(value, str):
+            raise ValueError(f"write the time in quotes, e.g. '21:00' (YAML read {value!r})")
+        return value
 
 
 class Defaults(BaseModel):
@@ -58,11 +66,17 @@ class Defaults(BaseModel):
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"{value!r} is not an IANA time zone") from None
+        if time_zone(value) is None:
+            raise ValueError(f"{value!r} is not an IANA time zone")
         return value
+
+
+STAFF_CHANNELS: tuple[ActionChannel, ...] = ("store", "callcenter")
+
+
+def language(locale: str) -> str:
+    """``da-DK``, ``da_DK``, ``DA`` -> ``da``: messages are keyed by language."""
+    return locale.replace("_", "-").split("-")[0].lower()
 
 
 class _Rule(BaseModel):
@@ -85,6 +99,13 @@ class _Rule(BaseModel):
 
     #: placeholders a message may use; each play lists its own
     fields: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _channels_of_one_kind(self) -> "_Rule":
+        staff = [c for c in self.channels if c in STAFF_CHANNELS]
+        if staff and len(staff) != len(self.channels):
+            raise ValueError(f"channels mixes staff channels {staff} with customer channels: give one or the other")
+        return self
 
     @model_validator(mode="after")
     def _placeholders_known(self) -> "_Rule":
@@ -131,6 +152,7 @@ class ArrivalRule(_Rule):
     play: Literal["arrival"]
     kind: Literal["marketing", "transactional"] = "transactional"
     channels: tuple[ActionChannel, ...] = ("store",)
+    max_delay: Duration = Field(15 * 60.0, description="an arrival reported later than this is not passed on")
     fields: ClassVar[frozenset[str]] = frozenset({"order", "store"})
 
 
@@ -155,6 +177,7 @@ class CallCentreRule(_Rule):
     kind: Literal["marketing", "transactional"] = "transactional"
     channels: tuple[ActionChannel, ...] = ("callcenter",)
     recent_purchases: int = Field(5, ge=1)
+    max_delay: Duration = Field(15 * 60.0, description="a call reported later than this gets no screen")
     fields: ClassVar[frozenset[str]] = frozenset({"summary"})
 
 
@@ -175,10 +198,12 @@ class RulesCatalogue(BaseModel):
 
     @model_validator(mode="after")
     def _default_language_everywhere(self) -> "RulesCatalogue":
-        lang = self.defaults.locale.split("-")[0]
+        lang = language(self.defaults.locale)
         for name, rule in self.rules.items():
-            if lang not in rule.messages:
-                raise ValueError(f"rule {name!r}: messages has no text in the default language {lang!r}")
+            for group in ("messages", "reminder_messages"):
+                texts = getattr(rule, group, None)
+                if texts is not None and lang not in {language(k) for k in texts}:
+                    raise ValueError(f"rule {name!r}: {group} has no text in the default language {lang!r}")
         return self
 
     @classmethod
@@ -190,7 +215,7 @@ class RulesCatalogue(BaseModel):
             return cls.model_validate(doc)
         except ValidationError as exc:
             raise RulesError(path, _describe(exc)) from None
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise RulesError(path, str(exc)) from None
 
     @property
@@ -228,7 +253,7 @@ class RulesFile:
         self.path = path
         self.catalogue = RulesCatalogue.load(path)
         self._stamp = self._stat()
-        self.failed: str | None = None
+        self.failed: str | None = None  # why the file on disk was refused, while it is
 
     def _stat(self) -> tuple[float, int] | None:
         try:
@@ -245,7 +270,7 @@ class RulesFile:
         self._stamp = stamp
         try:
             self.catalogue = RulesCatalogue.load(self.path)
-        except RulesError as exc:
+        except Exception as exc:  # whatever is wrong with the new file, the worker goes on with the old rules
             self.failed = str(exc)
             log.error("rules not reloaded, keeping the previous ones: %s", exc)
             return False

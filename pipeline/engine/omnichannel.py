@@ -181,6 +181,7 @@ class OmnichannelJob(Job):
     def housekeeping(self, owned: Mapping[int, PartitionState], metrics: Metrics) -> None:
         if self.processor.reload_rules():
             log.info("rules now enabled: %s", ", ".join(sorted(self.processor.plays)) or "none")
+        metrics.rules_refused.set(1 if self.processor.rules.failed else 0)
         metrics.show_ledger(ledger.summed(owned.values()))
 
     def _dead_letter(self, rec: Any, tp: TopicPartition, rejection: Rejection, out: Outbox) -> None:
@@ -199,6 +200,7 @@ class OmnichannelJob(Job):
             m.duplicates.inc(t.duplicates)
         if t.outcomes_unmatched:
             m.outcomes_unmatched.inc(t.outcomes_unmatched)
+        m.add(m.timer_errors, t.timer_errors)
         self.processor.tally = Tallies()
         identity = self.processor.identity.tally
         if identity.merges:

@@ -12,6 +12,7 @@ Both return plain data; the engine decides where it goes and when it is durable.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,7 @@ from typing import Any
 from pipeline.actions.catalogue import Catalogue
 from pipeline.actions.model import Action
 from pipeline.actions.plays import build_plays
-from pipeline.actions.plays.base import Play, Rearm, Timers
-from pipeline.actions.plays.base import new_purchase
+from pipeline.actions.plays.base import Play, Rearm, Timers, new_purchase
 from pipeline.actions.policy import Deferred, HeldOut, Policy, Suppressed
 from pipeline.actions.rules import RulesFile
 from pipeline.identity.protocol import IdentityProtocol, Message, Outbox, is_tombstone
@@ -32,7 +32,9 @@ from pipeline.ops.topics import HOLDOUTS, OUTCOMES
 from pipeline.profiles.product import PRODUCT_OPS, product_step
 from pipeline.profiles.profile import ProfileLimits, apply_event, seen_before
 from pipeline.settings import Settings
-from pipeline.state.partition import PartitionState
+from pipeline.state.partition import PartitionState, timer_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -47,6 +49,7 @@ class Tallies:
     actions: Counter = field(default_factory=Counter)
     suppressed: Counter = field(default_factory=Counter)
     outcomes_unmatched: int = 0
+    timer_errors: Counter = field(default_factory=Counter)
 
 
 class Processor:
@@ -109,9 +112,12 @@ class Processor:
     def handle(self, state: PartitionState, target: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
         """One message for an actor: a product (stock, interest in it) or the identity graph and its profiles."""
         if msg["op"] in PRODUCT_OPS:
-            if product_step(state, target, msg, out, self.settings.max_waiting_per_product):
+            result = product_step(state, target, msg, out, self.settings.max_waiting_per_product)
+            if result == "stock":
                 self.applied += 1
                 self.tally.processed[msg["event"]["type"]] += 1
+            elif result == "waiting_full":
+                self.tally.suppressed[("back_in_stock", "waiting_list_full")] += 1
         else:
             self.identity.handle(state, target, msg, now, out, merges)
 
@@ -160,10 +166,16 @@ class Processor:
             profile = state.txn.get(skey)
             timer = profile["timers"].get(timer_id) if profile and not is_tombstone(profile) else None
             if profile is None or timer is None or timer["due"] != due:
-                continue  # cancelled or rescheduled since it was indexed
+                state.txn.delete(timer_key(due, key, timer_id))  # a stale index entry: gone for good, not just skipped
+                continue  # cancelled, moved or merged away since it was indexed
             timers = Timers(state, key, profile)
             timers.cancel(timer_id)
-            outcome = self._decide(profile, timer_id, timer, due, now)
+            try:
+                outcome = self._decide(profile, timer_id, timer, due, now, key)
+            except Exception:  # a bug, or a rule the data breaks: never a crash loop on one timer
+                log.exception("deciding timer %s of %s failed; the timer is dropped", timer_id, key)
+                self.tally.timer_errors[timer["rule"]] += 1
+                outcome = Suppressed(timer["rule"], "error")
             if isinstance(outcome, (Deferred, Rearm)):
                 timers.set(timer_id, outcome.until, timer["rule"], **{k: v for k, v in timer.items() if k not in ("rule", "due")})
                 if isinstance(outcome, Deferred):
@@ -171,15 +183,17 @@ class Processor:
             elif isinstance(outcome, Suppressed):
                 self.tally.suppressed[(outcome.rule, outcome.reason)] += 1
                 ledger.count(state, outcome.rule, "suppressed", outcome.reason)
-            elif isinstance(outcome, HeldOut):
-                action = outcome.action
-                self.tally.suppressed[(action.rule, "holdout")] += 1
-                self._count_touch(state, action, "holdout", "held")
-                actions.append((HOLDOUTS, action))
             else:
-                self.tally.actions[(outcome.rule, outcome.channel)] += 1
-                self._count_touch(state, outcome, "treated", "sent")
-                actions.append((f"actions.{outcome.channel}", outcome))
+                action = outcome.action if isinstance(outcome, HeldOut) else outcome
+                self.plays[action.rule].on_decided(profile, timer, action)
+                if isinstance(outcome, HeldOut):
+                    self.tally.suppressed[(action.rule, "holdout")] += 1
+                    self._count_touch(state, action, "holdout", "held")
+                    actions.append((HOLDOUTS, action))
+                else:
+                    self.tally.actions[(action.rule, action.channel)] += 1
+                    self._count_touch(state, action, "treated", "sent")
+                    actions.append((f"actions.{action.channel}", action))
             state.txn.set(skey, profile)
         return actions
 
@@ -189,14 +203,14 @@ class Processor:
             ledger.count(state, action.rule, group, "touches")
 
     def _decide(
-        self, profile: dict[str, Any], timer_id: str, timer: dict[str, Any], due: float, now: float
+        self, profile: dict[str, Any], timer_id: str, timer: dict[str, Any], due: float, now: float, pid: str
     ) -> Action | HeldOut | Suppressed | Deferred | Rearm:
         play = self.plays.get(timer["rule"])
         if play is None:
-            return Suppressed(timer["rule"], "rule_disabled")
+            return Suppressed(timer["rule"], "rule_disabled")  # switched off or removed since it was set
         draft = play.compose(profile, timer_id, timer, now)
         if isinstance(draft, str):
             return Suppressed(play.name, draft)
         if isinstance(draft, Rearm):
             return draft
-        return self.policy.decide(play, profile, draft, due, now)
+        return self.policy.decide(play, profile, draft, due, now, timer.get("origin", pid))

@@ -387,8 +387,11 @@ class IdentityProtocol:
             merges.append({"split": True, "survivor": pid, "separated": ident, "identifiers": {kind: [value]}, "by": msg["by"]})
             return
         profile["lock"] = {"profile": record["profile"], "via": "split"}
+        # The timers still pending here, with the profile each was set for: the one leaving takes back
+        # those of its own, as they are now (moved, or already fired and gone), not as they were.
+        pending = {tid: t for tid, t in profile["timers"].items() if t.get("origin", pid) != pid}
         out.append((record["profile"], {
-            "op": "unmerge", "survivor": pid, "former": [pid, *lineage(profile)], "by": msg["by"],
+            "op": "unmerge", "survivor": pid, "former": [pid, *lineage(profile)], "by": msg["by"], "timers": pending,
         }))  # fmt: skip
 
     def _p_detached(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
@@ -406,6 +409,9 @@ class IdentityProtocol:
         revived = copy.deepcopy(profile["state"])
         revived.update(claims=[], lock=None, queue=[])
         revived.setdefault("apart", []).append(survivor)
+        if "timers" in msg:  # (a request from before timers carried their origin brings none)
+            ours = {pid, *lineage(revived)}
+            revived["timers"] = {tid: t for tid, t in msg["timers"].items() if t.get("origin") in ours}
         profile.clear()
         profile.update(revived)
         for timer_id, timer in profile["timers"].items():
@@ -422,9 +428,10 @@ class IdentityProtocol:
             return  # a repeat
         profile["lock"] = None
         if taken is not None:
-            for timer_id, timer in taken["timers"].items():
-                if profile["timers"].pop(timer_id, None) is not None:
-                    state.unschedule(timer["due"], pid, timer_id)
+            for timer_id in taken["timers"]:
+                timer = profile["timers"].pop(timer_id, None)
+                if timer is not None:
+                    state.unschedule(timer["due"], pid, timer_id)  # where it is due here, which may have moved
             unmerge_profiles(profile, taken)
             self._remove_identifiers(profile, taken["identifiers"])
             gone = {loser, *(m["profile"] for m in taken["merged"])}

@@ -88,6 +88,13 @@ class Metrics:
             "omni_rule", "Per rule and group (treated, holdout): sent, held, touches, conversions, revenue, "
             "delivered, opened, clicked, bounced, converted, failed", ["rule", "group", "what"], registry=r,
         )  # fmt: skip
+        self.rules_refused = Gauge(
+            "omni_rules_file_refused", "1 while the rules file on disk does not validate (the previous rules run)", registry=r
+        )
+        self.timer_errors = Counter(
+            "omni_timer_errors", "Due timers dropped because deciding them raised (a bug, or a rule the data breaks)",
+            ["rule"], registry=r,
+        )  # fmt: skip
         self.outcomes_unmatched = Counter(
             "omni_outcomes_unmatched", "Outcome reports for no action a profile remembers (or reported twice)", registry=r
         )

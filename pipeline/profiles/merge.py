@@ -37,6 +37,8 @@ def merge_profiles(survivor: dict[str, Any], merged: dict[str, Any], limits: Pro
     for name, count in merged["counters"].items():
         survivor["counters"][name] = survivor["counters"].get(name, 0) + count
 
+    orders = {p["order_id"] for p in survivor["purchases"]}
+    counted_twice = sum(p.get("points", 0) for p in merged["purchases"] if p["order_id"] in orders)
     _merge_purchases(survivor, merged, limits)
 
     for sku, line in merged["cart"].items():
@@ -60,10 +62,12 @@ def merge_profiles(survivor: dict[str, Any], merged: dict[str, Any], limits: Pro
 
     seen = merged.get("seen_events", "") + survivor.get("seen_events", "")
     survivor["seen_events"] = seen[-limits.dedup_window * DIGEST_CHARS :]
-    _merge_play_state(survivor, merged, newer, older)
+    _merge_play_state(survivor, merged, newer, older, counted_twice)
 
 
-def _merge_play_state(survivor: dict[str, Any], merged: dict[str, Any], newer: dict[str, Any], older: dict[str, Any]) -> None:
+def _merge_play_state(
+    survivor: dict[str, Any], merged: dict[str, Any], newer: dict[str, Any], older: dict[str, Any], counted_twice: int
+) -> None:
     """What the next-best-action plays keep on a profile (``pipeline.actions``): kept so that no play repeats itself."""
     zone = newer.get("time_zone") or older.get("time_zone")
     if zone:
@@ -76,10 +80,10 @@ def _merge_play_state(survivor: dict[str, Any], merged: dict[str, Any], newer: d
         pickups[order_id] = {**theirs, **pickups.get(order_id, {})}  # a collection either side knew of stays
         if theirs.get("collected") and not pickups[order_id].get("collected"):
             pickups[order_id]["collected"] = theirs["collected"]
-    if "loyalty" in merged:  # one balance: points add up, and so do the rewards already issued
-        mine = survivor.setdefault("loyalty", {"points": 0, "rewards": 0})
-        mine["points"] += merged["loyalty"]["points"]
-        mine["rewards"] += merged["loyalty"]["rewards"]
+    if "loyalty" in merged:  # one balance: points add up (an order both held, once), and so do rewards issued
+        balance = survivor.setdefault("loyalty", {"points": 0, "rewards": 0})
+        balance["points"] += merged["loyalty"]["points"] - counted_twice
+        balance["rewards"] += merged["loyalty"]["rewards"]
     # Marketing contacts add up against the frequency cap; offers either side made stay active.
     survivor["contacts"] = sorted(survivor.get("contacts", []) + merged.get("contacts", []))
     survivor["offers"] = dict(sorted({**merged.get("offers", {}), **survivor.get("offers", {})}.items(), key=lambda kv: kv[1]["at"]))

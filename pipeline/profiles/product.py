@@ -2,7 +2,7 @@
 
 A product lives under ``sku:<sku>`` in the state partition that key hashes to. It
 takes two messages: ``product`` (an ``inventory_update``) and ``interest`` (a
-customer viewed or carted it). Only interest in an unavailable product is kept,
+customer viewed or carted it). Only interest in a product sold out online is kept,
 so the common case, a view of something in stock, writes nothing.
 """
 
@@ -14,6 +14,7 @@ from pipeline.state.partition import PartitionState
 
 ONLINE = "online"
 PRODUCT_OPS = frozenset({"product", "interest"})
+RECENT_UPDATES = 8  # update ids remembered per location, so a redelivered one is recognised
 
 
 def new_product(key: str) -> dict[str, Any]:
@@ -24,42 +25,59 @@ def available_at(product: dict[str, Any]) -> list[str]:
     return [location for location, level in product["available"].items() if level["qty"] > 0]
 
 
-def apply_inventory(product: dict[str, Any], event: dict[str, Any]) -> None:
+def sold_out_online(product: dict[str, Any]) -> bool:
+    """Reported at zero online (a product never reported online counts as available there)."""
+    level = product["available"].get(ONLINE)
+    return level is not None and level["qty"] <= 0
+
+
+def apply_inventory(product: dict[str, Any], event: dict[str, Any]) -> bool:
+    """Record a stock level; False for one older than what is known, or the same update again."""
     props = event["properties"]
     location = props.get("store_id") or ONLINE
     current = product["available"].get(location)
-    if current is not None and event["ts"] < current["ts"]:
-        return  # an older stock level arriving late must not overwrite a newer one
-    product["available"][location] = {"qty": props["available_qty"], "ts": event["ts"]}
+    recent: list[str] = current.get("recent", []) if current else []
+    if current is not None and (event["ts"] < current["ts"] or event["event_id"] in recent):
+        return False  # a late older level must not overwrite a newer one, nor a redelivery flip it back
+    recent = [*recent[-(RECENT_UPDATES - 1):], event["event_id"]]
+    product["available"][location] = {"qty": props["available_qty"], "ts": event["ts"], "recent": recent}
+    return True
 
 
-def product_step(state: PartitionState, key: str, msg: dict[str, Any], out: list[tuple[str, dict[str, Any]]], max_waiting: int) -> bool:
-    """Run one product message; True when it was a stock update applied to state.
+def product_step(state: PartitionState, key: str, msg: dict[str, Any], out: list[tuple[str, dict[str, Any]]], max_waiting: int) -> str | None:
+    """Run one product message: "stock" for a stock update applied, "waiting_full" for interest turned away.
 
-    Back in stock: when an update makes an unavailable product available somewhere,
-    every profile on its waiting list gets a ``notice`` with where it is now, and the
-    list is cleared (each interest is answered once).
+    Back in stock: interest in a product sold out online puts the customer on its
+    waiting list. When an update makes it available somewhere it was not, every
+    waiting profile gets a ``notice`` with where it is now and decides for itself
+    (a store it does not use is no news). The list is cleared when the product is
+    back online, where everyone can buy it; a restock at one store leaves it as it is.
     """
     skey = key.encode()
     product = state.txn.get(skey)
     if msg["op"] == "interest":
-        if product is None or available_at(product):
-            return False  # in stock, or never reported: nothing to wait for
+        if product is None or not sold_out_online(product):
+            return None  # available online, or never reported: nothing to wait for
         waiting = product.setdefault("waiting", {})
-        if msg["profile"] in waiting or len(waiting) < max_waiting:
-            waiting[msg["profile"]] = [msg["ts"], msg["event_id"]]
-            state.txn.set(skey, product)
-        return False
+        if msg["profile"] not in waiting and len(waiting) >= max_waiting:
+            return "waiting_full"
+        waiting[msg["profile"]] = [msg["ts"], msg["event_id"]]
+        state.txn.set(skey, product)
+        return None
     event = msg["event"]
     product = product or new_product(key)
-    was_available = bool(available_at(product))
-    apply_inventory(product, event)
-    where = available_at(product)
-    if where and not was_available and product.get("waiting"):
+    before = set(available_at(product))
+    if not apply_inventory(product, event):
+        return "stock"
+    now_at = available_at(product)
+    restocked = [location for location in now_at if location not in before]
+    if restocked and product.get("waiting"):
         sku = key.partition(":")[2]
-        for profile, (interest_ts, interest_event) in product.pop("waiting").items():
-            notice = {"op": "notice", "about": "back_in_stock", "sku": sku, "where": where, "ts": event["ts"],
+        for profile, (interest_ts, interest_event) in product["waiting"].items():
+            notice = {"op": "notice", "about": "back_in_stock", "sku": sku, "where": now_at, "ts": event["ts"],
                       "event_id": event["event_id"], "interest_ts": interest_ts, "interest_event_id": interest_event}  # fmt: skip
             out.append((profile, notice))
+        if ONLINE in restocked:
+            del product["waiting"]
     state.txn.set(skey, product)
-    return True
+    return "stock"

@@ -157,17 +157,17 @@ def _product_view(profile: dict[str, Any], props: dict[str, Any], event: dict[st
 def _signup(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
     if props.get("locale"):
         profile["locale"] = props["locale"]
-    if props.get("time_zone") and known_time_zone(props["time_zone"]):  # quiet hours are local
+    if props.get("time_zone") and time_zone(props["time_zone"]) is not None:  # quiet hours are local
         profile["time_zone"] = props["time_zone"]
 
 
 @lru_cache(maxsize=1024)
-def known_time_zone(name: str) -> bool:
+def time_zone(name: str) -> ZoneInfo | None:
+    """The IANA zone of that name, or None: not a zone, or (Python 3.11 with tzdata) a folder such as "Europe"."""
     try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
 
 
 def _visit(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
@@ -184,8 +184,7 @@ def _order_ready(profile: dict[str, Any], props: dict[str, Any], event: dict[str
     pickups[props["order_id"]] = {
         **known, "store_id": props["store_id"], "ready_at": event["ts"], "event_id": event["event_id"]
     }
-    while len(pickups) > limits.pickups_kept:
-        del pickups[next(iter(pickups))]
+    _trim(pickups, limits.pickups_kept)
 
 
 def _collected(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
@@ -193,8 +192,12 @@ def _collected(profile: dict[str, Any], props: dict[str, Any], event: dict[str, 
     pickups = profile.setdefault("pickups", {})
     known = pickups.get(props["order_id"]) or {"store_id": None, "ready_at": None, "event_id": None}
     pickups[props["order_id"]] = {**known, "collected": event["ts"]}
-    while len(pickups) > limits.pickups_kept:
-        del pickups[next(iter(pickups))]
+    _trim(pickups, limits.pickups_kept)
+
+
+def _trim(kept: dict[str, Any], limit: int) -> None:
+    while len(kept) > limit:
+        del kept[next(iter(kept))]  # the oldest first
 
 
 def _consent(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:

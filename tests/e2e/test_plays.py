@@ -202,7 +202,7 @@ async def test_quiet_hours_defer_the_action_to_the_customers_morning(settings: S
         profile = next(st.txn.get(b"customer_id:C1") for st in engine.state.values() if st.txn.get(b"customer_id:C1"))
     assert await read_actions(settings) == []
     due = profile["timers"]["click_and_collect:ready:O-1"]["due"]
-    assert 7 * 3600 <= due - time.time() <= 9 * 3600  # 07:00 local, about eight hours on
+    assert 6 * 3600 <= due - time.time() <= 9 * 3600  # 07:00 local, seven to eight hours on (the hour may turn)
 
 
 async def test_replaying_the_input_emits_nothing_new_and_offers_show_on_the_profile(settings: Settings, tmp_path: Path) -> None:

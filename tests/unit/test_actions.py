@@ -84,3 +84,17 @@ def test_a_running_worker_takes_a_good_change_and_keeps_its_rules_on_a_bad_one(t
     assert live.reload_if_changed() is False
     assert live.failed is not None and "loyalty" in live.failed
     assert live.catalogue.rules["loyalty"].threshold == 1000  # the whole previous catalogue stays
+
+
+def test_reminders_need_the_default_language_and_times_need_quotes(tmp_path: Path) -> None:
+    with pytest.raises(RulesError, match="reminder_messages has no text in the default language"):
+        RulesCatalogue.load(write_rules(tmp_path, click_and_collect={"reminder_messages": {"da": "Husk {order}"}}))
+    path = write_rules(tmp_path)
+    path.write_text(path.read_text().replace("quiet_hours: null", "quiet_hours: {start: 21:00, end: '08:00'}"))
+    with pytest.raises(RulesError, match="in quotes"):
+        RulesCatalogue.load(path)
+
+
+def test_a_rule_mixing_staff_and_customer_channels_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RulesError, match="mixes staff channels"):
+        RulesCatalogue.load(write_rules(tmp_path, arrival={"channels": ["store", "sms"]}))

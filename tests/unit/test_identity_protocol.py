@@ -10,8 +10,10 @@ interleaving, the graph must end consistent and every event counted once.
 from __future__ import annotations
 
 import random
+import tempfile
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,18 +27,20 @@ from pipeline.identity.resolve import routing_key
 from pipeline.identity.rules import split_id
 from pipeline.ingest.validate import CleanEvent, Validator
 from pipeline.kafka import partition_for
+from pipeline.measure.ledger import LEDGER_KEY
 from pipeline.settings import Settings
 from pipeline.state.base import DELETED, TIMER_PREFIX
 from pipeline.state.memory import MemoryStore
 from pipeline.state.partition import PartitionState
-from tests.helpers import event
+from tests.helpers import event, write_rules
 
 SOURCE = -1  # messages injected from the input topics
 
 
 class Cluster:
     def __init__(self, partitions: int = 8, seed: int = 0, duplicate_rate: float = 0.0, **settings: Any) -> None:
-        self.settings = Settings(**settings)
+        # The default rules without quiet hours or holdouts: a test must not depend on the hour or a hash.
+        self.settings = Settings(**{"rules_file": write_rules(Path(tempfile.mkdtemp())), **settings})
         self.processor = Processor(self.settings, Catalogue.load(self.settings.catalogue_file))
         self.validator = Validator(self.settings)
         self.partitions = partitions
@@ -105,7 +109,7 @@ class Cluster:
         out = {}
         for state in self.states.values():
             for key, value in list(state.txn._dirty.items()):
-                if not key.startswith((ID_PREFIX, TIMER_PREFIX, b"sku:")) and value is not DELETED:
+                if not key.startswith((ID_PREFIX, TIMER_PREFIX, LEDGER_KEY, b"sku:")) and value is not DELETED:
                     out[key.decode()] = value
         return out
 
@@ -302,3 +306,21 @@ def test_splitting_an_identifier_the_profile_always_had_detaches_it_alone() -> N
     live = cluster.check_consistent()
     assert live["device_id:shop-ipad"]["identifiers"] == {"device_id": ["shop-ipad"]}
     assert live["customer_id:C1"]["identifiers"] == {"customer_id": ["C1"]}
+
+
+def test_a_split_gives_back_timers_as_they_are_now_not_as_they_were_at_the_merge() -> None:
+    cluster = Cluster()
+    cluster.inject(event("purchase", "web", {"cookie_id": "ck5"}, "e1", order_id="O5", total=249.0, currency="EUR",
+                         items=[{"sku": "VAC-100", "qty": 1, "price": 249.0}]))  # fmt: skip
+    cluster.inject(event("add_to_cart", "web", {"cookie_id": "ck5"}, "e2", sku="MUG-002", qty=1, price=9.0))
+    cluster.settle()
+    cluster.inject(event("login", "web", {"customer_id": "C5", "email": "c5@example.dk", "cookie_id": "ck5"}, "e3"))
+    cluster.settle()
+    survivor = cluster.states[cluster.partition_of("customer_id:C5")]
+    fired = [a for _, a in cluster.processor.fire_due(survivor, time.time() + 4 * 3600 + 60)]
+    assert [a.rule for a in fired] == ["abandoned_cart"]  # fired for the survivor after the merge
+    split(cluster, "customer_id:C5", "cookie_id:ck5")
+    live = cluster.check_consistent()
+    back = live["cookie_id:ck5"]["timers"]
+    assert [t["rule"] for t in back.values()] == ["consumables_follow_up"]  # the cart's reminder went out already
+    assert live["customer_id:C5"]["timers"] == {} and survivor.pending == 0  # nothing left in the survivor's index

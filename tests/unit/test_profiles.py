@@ -43,9 +43,14 @@ def test_a_profile_from_before_the_digest_window_still_deduplicates() -> None:
     assert "recent_events" not in p
 
 
-def test_late_stock_level_does_not_overwrite_newer_one() -> None:
+def test_late_or_repeated_stock_level_does_not_overwrite_newer_one() -> None:
     product = new_product("sku:BAG-100")
-    apply_inventory(product, {"ts": 20.0, "properties": {"sku": "BAG-100", "available_qty": 5}})
-    apply_inventory(product, {"ts": 10.0, "properties": {"sku": "BAG-100", "available_qty": 0}})
-    apply_inventory(product, {"ts": 15.0, "properties": {"sku": "BAG-100", "store_id": "S1", "available_qty": 2}})
-    assert product["available"] == {"online": {"qty": 5, "ts": 20.0}, "S1": {"qty": 2, "ts": 15.0}}
+    assert apply_inventory(product, {"event_id": "a", "ts": 20.0, "properties": {"sku": "BAG-100", "available_qty": 5}})
+    assert not apply_inventory(product, {"event_id": "b", "ts": 10.0, "properties": {"sku": "BAG-100", "available_qty": 0}})
+    assert apply_inventory(product, {"event_id": "c", "ts": 15.0, "properties": {"sku": "BAG-100", "store_id": "S1", "available_qty": 2}})
+    assert apply_inventory(product, {"event_id": "d", "ts": 20.0, "properties": {"sku": "BAG-100", "available_qty": 0}})
+    # The first update again (same time as the last, sent twice): it must not flip the level back to 5.
+    assert not apply_inventory(product, {"event_id": "a", "ts": 20.0, "properties": {"sku": "BAG-100", "available_qty": 5}})
+    assert product["available"] == {
+        "online": {"qty": 0, "ts": 20.0, "recent": ["a", "d"]}, "S1": {"qty": 2, "ts": 15.0, "recent": ["c"]},
+    }

@@ -47,22 +47,24 @@ class Timers:
 
     __slots__ = ("state", "pid", "timers")
 
-    def __init__(self, state: PartitionState | None, pid: str, profile: Profile) -> None:
+    def __init__(self, state: PartitionState, pid: str, profile: Profile) -> None:
         self.state, self.pid, self.timers = state, pid, profile["timers"]
 
     def set(self, timer_id: str, due: float, rule: str, **data: Any) -> None:
-        """Schedule, or move an existing timer of the same id (its data is replaced)."""
+        """Schedule, or move an existing timer of the same id (its data is replaced).
+
+        ``origin`` is the profile it was first set for: it travels with the timer through merges
+        and splits, and the action's id derives from it.
+        """
         self.cancel(timer_id)
-        self.timers[timer_id] = {"rule": rule, "due": due, **data}
-        if self.state is not None:
-            self.state.schedule(due, self.pid, timer_id)
+        self.timers[timer_id] = {"rule": rule, "due": due, "origin": self.pid, **data}
+        self.state.schedule(due, self.pid, timer_id)
 
     def cancel(self, timer_id: str) -> bool:
         timer = self.timers.pop(timer_id, None)
         if timer is None:
             return False
-        if self.state is not None:
-            self.state.unschedule(timer["due"], self.pid, timer_id)
+        self.state.unschedule(timer["due"], self.pid, timer_id)
         return True
 
     def of_rule(self, rule: str) -> list[tuple[str, dict[str, Any]]]:
@@ -85,6 +87,9 @@ class Play:
 
     def on_notice(self, profile: Profile, notice: dict[str, Any], timers: Timers) -> None:
         """React to a message from another actor."""
+
+    def on_decided(self, profile: Profile, timer: dict[str, Any], action: Any) -> None:
+        """The action went out (or, held out, would have): what the play remembers of it."""
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> "Draft | Rearm | str":
         """The action a due timer stands for, a later time to ask again, or why there is none (``policy.REASONS``)."""

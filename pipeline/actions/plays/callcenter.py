@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.actions.plays.base import Draft, Play, Profile, Sends, Timers
+from pipeline.actions.plays.pickup import waiting
 from pipeline.actions.policy import active_offers
 
 
@@ -21,6 +22,8 @@ class CallCentreScreen(Play):
         timers.set(f"{self.name}:{event['event_id']}", event["ts"], self.name, via=event["type"], trigger_event_id=event["event_id"])
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
+        if now - timer["due"] > self.rule.max_delay:
+            return "too_late"  # the call is long over
         purchases = [
             {k: p.get(k) for k in ("order_id", "ts", "channel", "store_id", "total", "currency", "skus")}
             for p in profile["purchases"][-self.rule.recent_purchases :]
@@ -52,16 +55,17 @@ class CallCentreScreen(Play):
                 "cart": profile["cart"],
                 "active_offers": offers,
                 "pending_offers": pending,
-                "waiting_pickups": {o: w for o, w in profile.get("pickups", {}).items() if not w.get("collected")},
+                "waiting_pickups": {o: w for o in profile.get("pickups", {}) if (w := waiting(profile, o))},
                 "next_best_action": next_best,
             },
         )
 
     def next_best(self, profile: Profile, offers: list[dict[str, Any]], pending: list[dict[str, Any]]) -> dict[str, Any]:
         """One thing for the agent to do, the most useful first: service before selling."""
-        for order_id, waiting in profile.get("pickups", {}).items():
-            if not waiting.get("collected"):
-                return {"kind": "pickup", "say": f"order {order_id} is ready at {waiting['store_id']}", "order_id": order_id}
+        for order_id in profile.get("pickups", {}):
+            order = waiting(profile, order_id)
+            if order is not None:
+                return {"kind": "pickup", "say": f"order {order_id} is ready at {order['store_id']}", "order_id": order_id}
         if offers:
             latest = offers[-1]
             return {"kind": "offer", "say": f"mention the offer already sent: {latest['offer'].get('name')}", "action_id": latest["action_id"]}

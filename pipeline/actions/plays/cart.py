@@ -4,7 +4,8 @@ The window restarts with every item added (a cart still being filled is not
 abandoned). A purchase in any channel, the store included, takes its items out
 of the cart, and an empty cart cancels the reminder. Identity resolution merges
 carts from different devices, so the reminder covers the customer's whole cart;
-the lines it covered are not reminded again.
+the lines it covered are not reminded again (marked once the reminder is sent,
+or held out: not when it is only put off by quiet hours).
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ class AbandonedCart(Play):
         elif not self._unreminded(profile) and timer_id in timers.timers:
             timers.cancel(timer_id)
 
-    def _unreminded(self, profile: Profile) -> dict[str, Any]:
-        since = profile.get("plays", {}).get(self.name, {}).get("reminded_at", 0.0)
-        return {sku: line for sku, line in profile["cart"].items() if line["ts"] > since}
+    @staticmethod
+    def _unreminded(profile: Profile) -> dict[str, Any]:
+        # Marked per line: a merge unites carts line by line, and each line keeps its mark.
+        return {sku: line for sku, line in profile["cart"].items() if not line.get("reminded")}
+
+    def on_decided(self, profile: Profile, timer: dict[str, Any], action: Any) -> None:
+        for sku in action.facts["cart"]:
+            if sku in profile["cart"]:
+                profile["cart"][sku]["reminded"] = True
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | Rearm | str:
         lines = self._unreminded(profile)
@@ -39,11 +46,10 @@ class AbandonedCart(Play):
         last_added = max(line["ts"] for line in lines.values())
         if last_added + self.rule.window > now:
             return Rearm(last_added + self.rule.window)  # still being filled
-        self.state_of(profile)["reminded_at"] = last_added
         names = [self.product_name(sku) for sku in lines]
         return Draft(
             action="cart_reminder",
-            cause=f"{timer['trigger_event_id']}",
+            cause=timer["trigger_event_id"],
             fields={"items": ", ".join(names), "count": len(names)},
             reason=f"{len(names)} item(s) in the cart for {self.rule.window:g}s since the last was added, not bought in any channel",
             trigger_event_ids=[timer["trigger_event_id"]],

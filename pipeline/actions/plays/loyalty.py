@@ -23,18 +23,22 @@ class Loyalty(Play):
         if purchase is None:
             return  # an order sent twice earns once
         balance = profile.setdefault("loyalty", {"points": 0, "rewards": 0})
-        balance["points"] += math.floor(purchase["total"] * self.rule.points_per_unit)
+        earned = math.floor(purchase["total"] * self.rule.points_per_unit)
+        purchase["points"] = earned  # a merge that finds this order on both sides counts it once
+        balance["points"] += earned
         while balance["points"] // self.rule.threshold > balance["rewards"]:
             balance["rewards"] += 1
             level = balance["rewards"]
-            timers.set(f"{self.name}:{level}", event["ts"], self.name, level=level, trigger_event_id=event["event_id"])
+            # Named by the purchase too: two profiles merging may each have a reward number 1 pending.
+            timers.set(f"{self.name}:{event['event_id']}:{level}", event["ts"], self.name, level=level,
+                       trigger_event_id=event["event_id"])  # fmt: skip
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
         points = profile.get("loyalty", {}).get("points", 0)
         crossed = timer["level"] * self.rule.threshold
         return Draft(
             action="loyalty_reward",
-            cause=f"reward:{timer['level']}",
+            cause=f"reward:{timer['trigger_event_id']}:{timer['level']}",
             fields={"points": points, "reward": self.rule.reward},
             reason=f"the points balance crossed {crossed} (now {points}) with purchases in every channel",
             trigger_event_ids=[timer["trigger_event_id"]],

@@ -23,6 +23,12 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def waiting(profile: Profile, order_id: str) -> dict[str, Any] | None:
+    """The order if it still waits at the store (known ready, not collected)."""
+    order = profile.get("pickups", {}).get(order_id)
+    return None if order is None or order.get("collected") or order.get("store_id") is None else order  # type: ignore[no-any-return]
+
+
 class ClickAndCollect(Play):
     triggers = frozenset({"order_ready_for_pickup", "pickup_collected"})
 
@@ -33,14 +39,15 @@ class ClickAndCollect(Play):
             timers.cancel(ready)
             timers.cancel(reminder)
             return
+        if waiting(profile, order_id) is None:
+            return  # collected before this (late) message said it was ready
         common = {"order_id": order_id, "store_id": event["properties"]["store_id"], "trigger_event_id": event["event_id"]}
         timers.set(ready, event["ts"], self.name, step="ready", ready_at=event["ts"], **common)
         timers.set(reminder, event["ts"] + self.rule.remind_after, self.name, step="reminder", ready_at=event["ts"], **common)
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
         order_id, store = timer["order_id"], timer["store_id"]
-        waiting = profile.get("pickups", {}).get(order_id)
-        if waiting is None or waiting.get("collected"):
+        if waiting(profile, order_id) is None:
             return "obsolete"
         until = timer["ready_at"] + self.rule.hold
         reminder = timer["step"] == "reminder"
@@ -61,8 +68,9 @@ class Arrival(Play):
 
     def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
         store = event["properties"]["store_id"]
-        for order_id, waiting in profile.get("pickups", {}).items():
-            if waiting["store_id"] == store and not waiting.get("collected"):
+        for order_id in list(profile.get("pickups", {})):
+            order = waiting(profile, order_id)
+            if order is not None and order["store_id"] == store:
                 timers.set(
                     f"{self.name}:{order_id}:{event['event_id']}", event["ts"], self.name,
                     order_id=order_id, store_id=store, trigger_event_id=event["event_id"],
@@ -70,15 +78,17 @@ class Arrival(Play):
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
         order_id, store = timer["order_id"], timer["store_id"]
-        waiting = profile.get("pickups", {}).get(order_id)
-        if waiting is None or waiting.get("collected"):
+        order = waiting(profile, order_id)
+        if order is None:
             return "obsolete"
+        if now - timer["due"] > self.rule.max_delay:
+            return "too_late"  # the customer has long walked in: telling the store now helps no one
         return Draft(
             action="prepare_order",
             cause=timer_id,
             fields={"order": order_id, "store": store},
             reason=f"the customer's app entered {store}, where order {order_id} waits to be collected",
-            trigger_event_ids=[waiting["event_id"], timer["trigger_event_id"]],
-            facts={"order_id": order_id, "store_id": store, "ready_at": waiting["ready_at"]},
+            trigger_event_ids=[order["event_id"], timer["trigger_event_id"]],
+            facts={"order_id": order_id, "store_id": store, "ready_at": order["ready_at"]},
             address=store,
         )

@@ -1,11 +1,12 @@
-"""Back in stock: a customer who viewed or carted a product while it was unavailable is told when it returns.
+"""Back in stock: a customer who viewed or carted a product while it was sold out is told when it returns.
 
 Availability lives with the product (an actor keyed ``sku:<sku>``, fed by
 ``inventory_update``), not on the profile, so the profile tells the product it is
-interested (``interest``); a product that is unavailable keeps the customer on its
-waiting list, one that is available forgets it at once. When an update makes it
-available again the product sends each waiting profile a ``notice``, and the
-profile decides: told if it is back online or at a store the customer uses.
+interested (``interest``); a product sold out online keeps the customer on its
+waiting list, one available online forgets it at once. When an update makes it
+available somewhere new the product sends each waiting profile a ``notice``, and
+the profile decides: told if it is back online or at a store the customer uses,
+once per interest; else it stays on the list for the next restock.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class BackInStock(Play):
 
     def on_notice(self, profile: Profile, notice: dict[str, Any], timers: Timers) -> None:
         sku = notice["sku"]
+        if self.where(profile, notice["where"]) is None:
+            return  # only at stores they do not use: the product keeps them waiting for more
         told = self.state_of(profile).setdefault("told", {})
         if notice["interest_ts"] <= told.get(sku, 0.0):
             return  # a repeated notice, or interest already answered
@@ -38,16 +41,15 @@ class BackInStock(Play):
         )  # fmt: skip
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
-        where = self.where(profile, timer["where"])
-        if where is None:
-            return "not_at_their_stores"
+        where = self.where(profile, timer["where"]) or ONLINE
         sku = timer["sku"]
         name = self.product_name(sku)
+        place = "online" if where == ONLINE else f"at {where}"
         return Draft(
             action="back_in_stock",
             cause=timer_id,
-            fields={"product": name, "where": "online" if where == ONLINE else f"at {where}"},
-            reason=f"viewed {name} while it was unavailable; it is available again {'online' if where == ONLINE else 'at ' + where}",
+            fields={"product": name, "where": place},
+            reason=f"viewed {name} while it was sold out online; it is available again {place}",
             trigger_event_ids=[timer["interest_event_id"], timer["trigger_event_id"]],
             facts={"sku": sku, "available_at": where},
             offer={"sku": sku, "name": name},
