@@ -8,6 +8,7 @@
     omni watch                   the live view of next-best-actions
     omni bench                   throughput, latency, memory and recovery, against raw aiokafka and Quix Streams
     omni rules check [FILE]      validate a rules catalogue and list its rules
+    omni send email              the reference sender: actions.email over SMTP, outcomes reported back
     omni report [--url U]        what each play earns: the table, and report.html with charts
     omni measure evaluate        the report checked against a simulated world with known effects
     omni schemas [--check]       write (or check) schemas/ from the pydantic models
@@ -103,6 +104,24 @@ def cmd_worker(args: argparse.Namespace) -> None:
     app = create_app(settings, catalogue)
     print(f"metrics: http://{settings.web_host}:{settings.web_port}/metrics", flush=True)
     Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+def cmd_send(args: argparse.Namespace) -> None:
+    from pipeline.senders.email import EmailSender
+
+    settings = _need_bootstrap(_settings(smtp_host=args.smtp_host, smtp_port=args.smtp_port, mail_from=args.mail_from,
+                                         sender_state_dir=args.state_dir))  # fmt: skip
+    sender = EmailSender(settings, (settings.smtp_host, settings.smtp_port), settings.mail_from, settings.sender_state_dir)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, sender.stopping.set)
+        await sender.run()
+
+    print(f"sending {settings.topic('actions.email')} through {settings.smtp_host}:{settings.smtp_port}", flush=True)
+    asyncio.run(main())
+    print(f"stopped; this run: {sender.counts}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -288,6 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-at", type=float, default=None, metavar="RATE", help="only measure latency at this rate")
     p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("send", help="a reference sender: deliver an action topic and report outcomes")
+    p.add_argument("channel", choices=["email"])
+    p.add_argument("--smtp-host", default=None)
+    p.add_argument("--smtp-port", type=int, default=None)
+    p.add_argument("--mail-from", default=None)
+    p.add_argument("--state-dir", type=Path, default=None, help="where delivered action ids are remembered")
+    p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("report", help="what each play earns: per-rule table and an HTML page with charts")
     p.add_argument("--url", default=None, help="any worker's web address (default: this machine's OMNI_WEB_PORT)")

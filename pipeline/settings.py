@@ -120,6 +120,12 @@ class Settings(BaseModel):
     purchases_kept: int = 50
     views_kept: int = 50
 
+    # --- the reference e-mail sender (omni send email) ----------------------
+    smtp_host: str = Field("127.0.0.1", description="SMTP server the reference sender delivers to")
+    smtp_port: int = 25
+    mail_from: str = Field("offers@example.com", description="the sender's From address")
+    sender_state_dir: Path = Field(Path(".sender"), description="where the sender remembers the actions it delivered")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> "Settings":
         env = os.environ if environ is None else environ

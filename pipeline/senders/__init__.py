@@ -1,0 +1,1 @@
+"""Reference senders: how a downstream team consumes an action topic and reports back on ``outcomes``."""
