@@ -165,16 +165,18 @@ class ClosedLoop:
             })))  # fmt: skip
 
 
-async def _produce(settings: Settings, topic: str, values: list[bytes]) -> None:
+async def _produce(settings: Settings, topic: str, records: list[tuple[str, bytes]]) -> None:
+    """Keyed by customer: a customer's events stay in order, so the same run always has the same triggers."""
     producer = kafka.producer(settings)
     await producer.start()
     try:
         partitions = load_topics(settings.topics_file)[topic].partitions
+        chunks: dict[int, list[Record]] = {}
+        for key, value in records:
+            chunks.setdefault(kafka.partition_for(key.encode(), partitions), []).append(Record(key.encode(), value))
         sent = []
-        for p in range(partitions):
-            chunk = [Record(None, v) for v in values[p::partitions]]
-            if chunk:
-                sent.extend(await kafka.send_records(producer, settings.topic(topic), p, chunk))
+        for p, chunk in sorted(chunks.items()):
+            sent.extend(await kafka.send_records(producer, settings.topic(topic), p, chunk))
         if sent:
             await kafka.last_offset(sent)
     finally:
@@ -235,26 +237,26 @@ async def _run_world(settings: Settings, worker: WorkerProcess, per_play: int, n
             await asyncio.sleep(0.25)
 
     try:
-        await _produce(settings, "ops.inventory", [_event(next_n(), "inventory_update", "ops", None, sku=SOLD_OUT, available_qty=0)])
+        await _produce(settings, "ops.inventory", [(SOLD_OUT, _event(next_n(), "inventory_update", "ops", None, sku=SOLD_OUT, available_qty=0))])
         await applied_at_least(1, "the product to sell out")
         people = [f"M{i:06d}" for i in range(per_play * n_plays)]
-        web: list[bytes] = []
+        web: list[tuple[str, bytes]] = []
         for i, c in enumerate(people):
             play = i % n_plays
             if play == 0:  # consumables follow-up
-                web.append(_event(next_n(), "purchase", "web", c, order_id=f"d-{c}", currency="EUR", total=249.0,
-                                  items=[{"sku": "VAC-100", "qty": 1, "price": 249.0}]))  # fmt: skip
+                web.append((c, _event(next_n(), "purchase", "web", c, order_id=f"d-{c}", currency="EUR", total=249.0,
+                                      items=[{"sku": "VAC-100", "qty": 1, "price": 249.0}])))  # fmt: skip
             elif play == 1:  # abandoned cart
-                web.append(_event(next_n(), "add_to_cart", "web", c, sku="MUG-002", qty=1, price=9.0))
+                web.append((c, _event(next_n(), "add_to_cart", "web", c, sku="MUG-002", qty=1, price=9.0)))
             elif play == 2:  # back in stock
-                web.append(_event(next_n(), "product_view", "web", c, sku=SOLD_OUT))
+                web.append((c, _event(next_n(), "product_view", "web", c, sku=SOLD_OUT)))
             else:  # repeat purchase
                 for k in range(3):
-                    web.append(_event(next_n(), "purchase", "web", c, order_id=f"r-{c}-{k}", currency="EUR", total=14.0,
-                                      items=[{"sku": "BAG-100", "qty": 1, "price": 14.0}]))  # fmt: skip
+                    web.append((c, _event(next_n(), "purchase", "web", c, order_id=f"r-{c}-{k}", currency="EUR", total=14.0,
+                                          items=[{"sku": "BAG-100", "qty": 1, "price": 14.0}])))  # fmt: skip
         await _produce(settings, "channel.web", web)
         await applied_at_least(1 + len(web), "the customers' events")
-        await _produce(settings, "ops.inventory", [_event(next_n(), "inventory_update", "ops", None, sku=SOLD_OUT, available_qty=40)])
+        await _produce(settings, "ops.inventory", [(SOLD_OUT, _event(next_n(), "inventory_update", "ops", None, sku=SOLD_OUT, available_qty=40))])
         expected = len(people)
         deadline = time.monotonic() + 180
         while len(loop.seen) < expected and time.monotonic() < deadline:
