@@ -116,7 +116,9 @@ class Settings(BaseModel):
     rules_file: Path = Field(
         PACKAGE_DATA / "rules.yaml", description="the plays that run (re-read when it changes: switch a rule off live)"
     )
-    max_waiting_per_product: int = Field(10_000, description="customers one unavailable product remembers to tell")
+    # One RocksDB value and one changelog record per product: 2,000 entries are about 150 KB, well
+    # under a broker's 1 MB default message size even with long profile ids.
+    max_waiting_per_product: int = Field(2_000, description="customers one sold-out product remembers to tell")
     purchases_kept: int = 50
     views_kept: int = 50
 

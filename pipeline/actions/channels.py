@@ -1,7 +1,7 @@
 """Reachability and engagement per channel: what channel choice (``policy.Policy.channel``) weighs.
 
-Consent is opt-out here: a channel is allowed until the customer withdraws it
-(``consent_updated`` with ``granted: false``, or ``unsubscribe`` for e-mail).
+(Consent, weighed there too, is opt-out: a channel is allowed until the customer
+withdraws it with ``consent_updated`` ``granted: false``, or ``unsubscribe`` for e-mail.)
 """
 
 from __future__ import annotations

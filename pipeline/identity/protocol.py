@@ -104,7 +104,7 @@ class IdentityProtocol:
             out.append((profile["merged_into"], {**msg, "forwarded": True}))
             return
         if profile is None:
-            if op == "notice":  # for a profile since erased or never founded: nobody to tell
+            if op == "notice":  # for a profile this partition does not hold: nobody to tell, and no reason to found one
                 return
             if op == "unmerge":  # nothing to bring back: never create a second owner of its identifiers
                 out.append((msg["survivor"], {"op": "unmerged", "loser": target, "state": None, "by": msg["by"]}))

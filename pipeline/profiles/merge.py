@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.measure.touches import TOUCHES_KEPT
 from pipeline.profiles.profile import DIGEST_CHARS, ProfileLimits
 
 
@@ -84,6 +85,15 @@ def _merge_play_state(
         balance = survivor.setdefault("loyalty", {"points": 0, "rewards": 0})
         balance["points"] += merged["loyalty"]["points"] - counted_twice
         balance["rewards"] += merged["loyalty"]["rewards"]
+    # Measurement (pipeline.measure): a customer keeps the survivor's holdout groups, and the merged
+    # profile's for rules the survivor had none for; touches from both sides can still earn conversions;
+    # an address that bounced on either side stays unusable.
+    groups = survivor.setdefault("holdout", {})
+    for rule, member in merged.get("holdout", {}).items():
+        groups.setdefault(rule, member)
+    touches = sorted(survivor.get("touches", []) + merged.get("touches", []), key=lambda t: t["at"])
+    survivor["touches"] = touches[-TOUCHES_KEPT:]
+    survivor["unreachable"] = {**merged.get("unreachable", {}), **survivor.get("unreachable", {})}
     # Marketing contacts add up against the frequency cap; offers either side made stay active.
     survivor["contacts"] = sorted(survivor.get("contacts", []) + merged.get("contacts", []))
     survivor["offers"] = dict(sorted({**merged.get("offers", {}), **survivor.get("offers", {})}.items(), key=lambda kv: kv[1]["at"]))

@@ -97,3 +97,12 @@ def test_merging_keeps_what_the_plays_remember() -> None:
     assert a["stores"] == {"s1": 8.0, "s2": 1.0} and list(a["pickups"]) == ["O1"] and a["time_zone"] == "Europe/Oslo"
     assert a["plays"] == {"abandoned_cart": {"reminded_at": 9.0}, "back_in_stock": {"told": {"P": 7.0}}}
     assert list(a["offers"]) == ["x", "y"]
+
+
+def test_merging_keeps_holdout_groups_touches_and_bounced_addresses() -> None:
+    a, b = new_profile("customer_id:C1"), new_profile("cookie_id:ck1")
+    a.update(holdout={"abandoned_cart": False}, touches=[{"id": "t1", "at": 5.0}], unreachable={"x@y.z": 1.0})
+    b.update(holdout={"abandoned_cart": True, "back_in_stock": True}, touches=[{"id": "t0", "at": 2.0}])
+    merge_profiles(a, b, ProfileLimits())
+    assert a["holdout"] == {"abandoned_cart": False, "back_in_stock": True}  # the survivor's group stands
+    assert [t["id"] for t in a["touches"]] == ["t0", "t1"] and a["unreachable"] == {"x@y.z": 1.0}
