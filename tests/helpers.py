@@ -17,7 +17,8 @@ import yaml
 from aiokafka import TopicPartition
 
 from pipeline import kafka
-from pipeline.actions.catalogue import Catalogue
+from pipeline.actions.catalogue import Catalogue, with_delay
+from pipeline.actions.rules import write_variant
 from pipeline.engine.loop import Engine
 from pipeline.engine.omnichannel import omnichannel_engine
 from pipeline.kafka import Record
@@ -58,15 +59,7 @@ def purchase(customer: str, event_id: str, skus: list[str], channel: str = "web"
 
 def catalogue_with_delay(tmp_path: Path, delay: str) -> Path:
     """The default catalogue with every follow-up delay set to ``delay``."""
-    from pipeline.settings import PACKAGE_DATA
-
-    doc = yaml.safe_load((PACKAGE_DATA / "catalogue.yaml").read_text())
-    for product in doc["products"].values():
-        if product.get("consumable"):
-            product["consumable"]["delay"] = delay
-    path = tmp_path / f"catalogue-{delay}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return with_delay(tmp_path, delay)
 
 
 def write_rules(tmp_path: Path, defaults: dict[str, Any] | None = None, **rules: dict[str, Any] | None) -> Path:
@@ -78,19 +71,12 @@ def write_rules(tmp_path: Path, defaults: dict[str, Any] | None = None, **rules:
     """
     from pipeline.settings import PACKAGE_DATA
 
-    doc = yaml.safe_load((PACKAGE_DATA / "rules.yaml").read_text())
-    doc["defaults"]["quiet_hours"] = None
-    for rule in doc["rules"].values():
-        rule["holdout"] = 0
-    doc["defaults"].update(defaults or {})
-    for name, changes in rules.items():
-        if changes is None:
-            del doc["rules"][name]
-        else:
-            doc["rules"][name].update(changes)
+    names = yaml.safe_load((PACKAGE_DATA / "rules.yaml").read_text())["rules"]
+    changes = {name: {"holdout": 0} for name in names}
+    for name, change in rules.items():
+        changes[name] = None if change is None else {**changes[name], **change}  # type: ignore[dict-item]
     path = tmp_path / f"rules-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    return path
+    return write_variant(path, defaults={"quiet_hours": None, **(defaults or {})}, rules=changes)
 
 
 async def create_topics(settings: Settings) -> None:

@@ -71,3 +71,19 @@ class Catalogue(BaseModel):
 
     def consumable_skus(self) -> frozenset[str]:
         return frozenset(p.consumable.sku for p in self.products.values() if p.consumable)
+
+
+def with_delay(folder: Path, delay: str, source: Path | None = None) -> Path:
+    """A copy of a product catalogue (the shipped one by default) with every follow-up delay set to ``delay``.
+
+    For tests, the benchmark and evaluations, where sixty days are two seconds.
+    """
+    from pipeline.settings import PACKAGE_DATA
+
+    doc = yaml.safe_load((source or PACKAGE_DATA / "catalogue.yaml").read_text())
+    for product in doc["products"].values():
+        if product.get("consumable"):
+            product["consumable"]["delay"] = delay
+    path = folder / f"catalogue-{delay}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path

@@ -277,3 +277,20 @@ class RulesFile:
         self.failed = None
         log.info("rules reloaded from %s: enabled %s", self.path, sorted(self.catalogue.enabled))
         return True
+
+
+def write_variant(path: Path, defaults: dict[str, Any] | None = None, rules: dict[str, dict[str, Any] | None] | None = None,
+                  source: Path | None = None) -> Path:  # fmt: skip
+    """The shipped rules catalogue (or ``source``) with ``defaults`` merged in and each named rule updated
+    (None drops it), written to ``path``: for tests, the benchmark and evaluations."""
+    from pipeline.settings import PACKAGE_DATA
+
+    doc = yaml.safe_load((source or PACKAGE_DATA / "rules.yaml").read_text(encoding="utf-8"))
+    doc["defaults"].update(defaults or {})
+    for name, changes in (rules or {}).items():
+        if changes is None:
+            del doc["rules"][name]
+        else:
+            doc["rules"][name].update(changes)
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    return path

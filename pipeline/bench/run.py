@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from pipeline import kafka
-from pipeline.actions.catalogue import Catalogue
+from pipeline.actions.catalogue import Catalogue, with_delay
+from pipeline.actions.rules import write_variant
 from pipeline.bench.reference import PARTITIONS, TOPIC_CONFIG, ReferenceJob, reference_records
 from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
 from pipeline.engine.loop import Engine
@@ -49,7 +49,7 @@ from pipeline.kafka import Record
 from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.metrics import Metrics
 from pipeline.ops.topics import REPARTITION, apply_topics, load_topics
-from pipeline.settings import PACKAGE_DATA, Settings
+from pipeline.settings import Settings
 from pipeline.simulate.population import Population, Produced
 
 Figures = dict[str, Any]
@@ -221,22 +221,7 @@ def _pipeline_workers(base: Settings, records: list[Produced], workers: int, tmp
 def _bench_rules(tmp: Path) -> Path:
     """The default rules with no quiet hours and no frequency cap: the figures must not depend on the hour
     the benchmark runs at, and latency is timed on every follow-up, not on the first one per customer a day."""
-    doc = yaml.safe_load((PACKAGE_DATA / "rules.yaml").read_text())
-    doc["defaults"].update(quiet_hours=None, frequency_caps=[])
-    path = tmp / "rules-bench.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    return path
-
-
-def _instant_catalogue(tmp: Path) -> Path:
-    """The default catalogue with every follow-up due at once, so each durable purchase is an action now."""
-    doc = yaml.safe_load((PACKAGE_DATA / "catalogue.yaml").read_text())
-    for product in doc["products"].values():
-        if product.get("consumable"):
-            product["consumable"]["delay"] = "0s"
-    path = tmp / "catalogue-instant.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    return write_variant(tmp / "rules-bench.yaml", defaults={"quiet_hours": None, "frequency_caps": []})
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +326,7 @@ def _percentiles(latencies: list[float]) -> Figures:
 def _latency(base: Settings, rate: float, tmp: Path, seconds: float = 15.0) -> Figures:
     settings = base.model_copy(update={"topic_prefix": f"lat-{uuid.uuid4().hex[:6]}.", "state_dir": tmp / "lat"})
     asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
-    catalogue_path = _instant_catalogue(tmp)
+    catalogue_path = with_delay(tmp, "0s")  # every durable purchase is an action at once
     catalogue = Catalogue.load(catalogue_path)
     worker = WorkerProcess.start(settings, tmp / "latency-worker.log", catalogue=catalogue_path)
     try:

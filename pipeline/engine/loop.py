@@ -213,6 +213,8 @@ class Engine:
         offsets = {tp: off for tp, off in self.next_offsets.items() if tp in assigned}
         self.next_offsets = {}
         outputs, self.in_flight = self.in_flight, []
+        for state in self.state.values():
+            state.index_unfired()
         states = [state for state in self.state.values() if state.txn]
         for state in states:
             state.txn.snapshot()

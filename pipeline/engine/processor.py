@@ -32,7 +32,7 @@ from pipeline.ops.topics import HOLDOUTS, OUTCOMES
 from pipeline.profiles.product import PRODUCT_OPS, product_step
 from pipeline.profiles.profile import ProfileLimits, apply_event, seen_before
 from pipeline.settings import Settings
-from pipeline.state.partition import PartitionState, timer_key
+from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,7 @@ class Processor:
             profile = state.txn.get(skey)
             timer = profile["timers"].get(timer_id) if profile and not is_tombstone(profile) else None
             if profile is None or timer is None or timer["due"] != due:
-                state.txn.delete(timer_key(due, key, timer_id))  # a stale index entry: gone for good, not just skipped
-                continue  # cancelled, moved or merged away since it was indexed
+                continue  # cancelled, moved or merged away since it was indexed (its index entry went then)
             timers = Timers(state, key, profile)
             timers.cancel(timer_id)
             try:

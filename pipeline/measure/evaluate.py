@@ -30,6 +30,8 @@ import yaml
 from aiokafka import TopicPartition
 
 from pipeline import kafka
+from pipeline.actions.catalogue import with_delay
+from pipeline.actions.rules import write_variant
 from pipeline.bench.workers import WorkerProcess, wait_ready
 from pipeline.kafka import Record
 from pipeline.measure.report import fetch
@@ -82,26 +84,11 @@ def _chance(action_id: str, salt: str) -> float:
 
 
 def _rules_file(tmp: Path) -> Path:
-    doc = yaml.safe_load((PACKAGE_DATA / "rules.yaml").read_text())
-    doc["defaults"].update(quiet_hours=None, frequency_caps=[])
-    doc["rules"] = {name: rule for name, rule in doc["rules"].items() if name in EFFECTS}
-    for rule in doc["rules"].values():
-        rule.update(holdout=HOLDOUT, attribution_window="60s")
-    doc["rules"]["abandoned_cart"]["window"] = "2s"
-    doc["rules"]["repeat_purchase"]["min_interval"] = "2s"
-    path = tmp / "rules-measure.yaml"
-    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
-    return path
-
-
-def _catalogue_file(tmp: Path) -> Path:
-    doc = yaml.safe_load((PACKAGE_DATA / "catalogue.yaml").read_text())
-    for product in doc["products"].values():
-        if product.get("consumable"):
-            product["consumable"]["delay"] = "2s"
-    path = tmp / "catalogue-measure.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    changes = {name: {"holdout": HOLDOUT, "attribution_window": "60s"} if name in EFFECTS else None
+               for name in yaml.safe_load((PACKAGE_DATA / "rules.yaml").read_text())["rules"]}  # fmt: skip
+    changes["abandoned_cart"]["window"] = "2s"  # type: ignore[index]
+    changes["repeat_purchase"]["min_interval"] = "2s"  # type: ignore[index]
+    return write_variant(tmp / "rules-measure.yaml", defaults={"quiet_hours": None, "frequency_caps": []}, rules=changes)
 
 
 class ClosedLoop:
@@ -196,7 +183,7 @@ def evaluate(customers_per_play: int = 1000, log: Callable[[str], None] = print)
         tmp = Path(tmp_name)
         settings = Settings.from_env().model_copy(update={
             "bootstrap": broker.bootstrap, "topic_prefix": f"meas-{uuid.uuid4().hex[:6]}.", "state_dir": tmp / "state",
-            "rules_file": _rules_file(tmp), "catalogue_file": _catalogue_file(tmp), "commit_interval_s": 1.0,
+            "rules_file": _rules_file(tmp), "catalogue_file": with_delay(tmp, "2s"), "commit_interval_s": 1.0,
         })  # fmt: skip
         asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
         worker = WorkerProcess.start(settings, tmp / "worker.log")

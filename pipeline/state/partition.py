@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass, field
 
 import orjson
@@ -22,6 +23,10 @@ class PartitionState:
     txn: PartitionTransaction
     timers: list[tuple[float, str, str]] = field(default_factory=list)  # heap of (due, key, timer id)
     pending: int = 0  # live timers (the heap may still hold cancelled ones)
+    # Timers due already when set (an action to send now): not in the index yet. They fire at the
+    # next emit, nearly always before any checkpoint, and indexing them would write an entry and its
+    # deletion to the changelog for nothing; a checkpoint that comes first indexes them (index_unfired).
+    unindexed: set[tuple[float, str, str]] = field(default_factory=set)
 
     @classmethod
     def open(cls, partition: int, store: Store, cache_keys: int = 2_000) -> "PartitionState":
@@ -38,13 +43,26 @@ class PartitionState:
         self.pending = len(self.timers)
 
     def schedule(self, due: float, key: str, timer_id: str) -> None:
-        self.txn.set(timer_key(due, key, timer_id), {"due": due, "key": key, "timer_id": timer_id})
+        if due <= time.time():
+            self.unindexed.add((due, key, timer_id))
+        else:
+            self.txn.set(timer_key(due, key, timer_id), {"due": due, "key": key, "timer_id": timer_id})
         heapq.heappush(self.timers, (due, key, timer_id))
         self.pending += 1
 
     def unschedule(self, due: float, key: str, timer_id: str) -> None:
-        self.txn.delete(timer_key(due, key, timer_id))  # the heap entry is skipped when it comes due
+        entry = (due, key, timer_id)
+        if entry in self.unindexed:
+            self.unindexed.discard(entry)
+        else:
+            self.txn.delete(timer_key(due, key, timer_id))  # the heap entry is skipped when it comes due
         self.pending -= 1
+
+    def index_unfired(self) -> None:
+        """Before a checkpoint: every timer the profiles hold must have its index entry, or a restart loses it."""
+        for due, key, timer_id in self.unindexed:
+            self.txn.set(timer_key(due, key, timer_id), {"due": due, "key": key, "timer_id": timer_id})
+        self.unindexed.clear()
 
     def due(self, now: float) -> list[tuple[float, str, str]]:
         """Pop every heap entry due by ``now``; callers check each is still scheduled."""

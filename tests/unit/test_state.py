@@ -87,3 +87,18 @@ def test_processor_schedules_fires_once_and_reloads_timers_from_the_store(tmp_pa
     profile = reopened.txn.get(b"customer_id:C1")
     assert profile["timers"] == {} and action.action_id in profile["actions"]
     assert reopened.txn.get(timer_key(due, "customer_id:C1", next(iter([action.facts["order_id"]])))) is None
+
+
+def test_a_timer_due_already_is_indexed_only_if_a_checkpoint_comes_before_it_fires() -> None:
+    state = PartitionState.open(0, MemoryStore())
+    now = time.time()
+    state.schedule(now - 1, "customer_id:C1", "fires-now")
+    state.schedule(now + 3600, "customer_id:C1", "later")
+    assert [k for k, _ in state.txn.take()] == [timer_key(now + 3600, "customer_id:C1", "later")]
+    state.txn.flushed()
+    state.index_unfired()  # what the engine does before a checkpoint
+    assert [k for k, _ in state.txn.take()] == [timer_key(now - 1, "customer_id:C1", "fires-now")]
+    state.txn.flushed()
+    state.schedule(now - 2, "customer_id:C2", "sent-at-once")
+    state.unschedule(now - 2, "customer_id:C2", "sent-at-once")  # fired before any checkpoint
+    assert state.txn.take() == [] and state.pending == 2

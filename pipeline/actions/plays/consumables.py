@@ -9,6 +9,7 @@ exist to avoid.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 from pipeline.actions.durations import describe_duration
@@ -24,14 +25,18 @@ class ConsumablesFollowUp(Play):
     triggers = frozenset({"purchase"})
 
     def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
+        bought = {item["sku"] for item in event["properties"]["items"]}
+        consumables, durables = self.kinds
+        if not (bought & consumables or bought & durables):
+            return  # most purchases: nothing this play sells on or cancels
         purchase = new_purchase(profile, event)
         if purchase is None:
             return
-        bought = set(purchase["skus"])
-        for timer_id, timer in timers.of_rule(self.name):
-            if timer["consumable_sku"] in bought:
-                timers.cancel(timer_id)
-        for sku in sorted(bought):
+        if bought & consumables:
+            for timer_id, timer in timers.of_rule(self.name):
+                if timer["consumable_sku"] in bought:
+                    timers.cancel(timer_id)
+        for sku in sorted(bought & durables):
             offer = self.products.consumable_for(sku)
             if offer is None:
                 continue
@@ -43,6 +48,12 @@ class ConsumablesFollowUp(Play):
                 durable_sku=sku, consumable_sku=offer.sku, order_id=purchase["order_id"], purchased_at=event["ts"],
                 purchase_channel=event["channel"], trigger_event_id=event["event_id"],
             )  # fmt: skip
+
+    @cached_property
+    def kinds(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(consumables, durables) of the product catalogue, worked out once."""
+        durables = frozenset(sku for sku, product in self.products.products.items() if product.consumable)
+        return self.products.consumable_skus(), durables
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
         offer = self.products.consumable_for(timer["durable_sku"])
