@@ -72,7 +72,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _event(n: int, etype: str, channel: str, customer: str | None, **props: Any) -> bytes:
+def _event(n: int | str, etype: str, channel: str, customer: str | None, **props: Any) -> bytes:
     ids = {"customer_id": customer, "email": f"{customer.lower()}@example.com"} if customer else {}
     return orjson.dumps({"event_id": f"me-{n}", "type": etype, "channel": channel, "occurred_at": _iso(time.time()),
                          "identifiers": ids, "properties": props})  # fmt: skip
@@ -98,7 +98,6 @@ class ClosedLoop:
         self.settings = settings
         self.seen: set[str] = set()
         self.conversions = 0
-        self.n = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -134,10 +133,9 @@ class ClosedLoop:
         self.seen.add(aid)
         customer = action["customer"].partition(":")[2]
         if _chance(aid, "buys") < BASE + (0.0 if held else EFFECTS[rule]):
-            self.n += 1
             self.conversions += 1
-            purchases.append(Record(customer.encode(), _event(
-                self.n, "purchase", "web", customer, order_id=f"conv-{aid}", currency="EUR", total=19.0,
+            purchases.append(Record(customer.encode(), _event(  # its own ids: never taken for a redelivery
+                f"conv-{aid}", "purchase", "web", customer, order_id=f"conv-{aid}", currency="EUR", total=19.0,
                 items=[{"sku": "TSH-001", "qty": 1, "price": 19.0}],
             )))  # fmt: skip
         if held:
