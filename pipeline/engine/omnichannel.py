@@ -18,6 +18,7 @@ checkpoints before partitions move.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -36,11 +37,13 @@ from pipeline.ingest.validate import Rejection
 from pipeline.kafka import partition_for
 from pipeline.ops.metrics import Metrics
 from pipeline.measure import ledger
+from pipeline.profiles.census import live_profiles
 from pipeline.ops.topics import CHANGELOG, MERGES, OUTCOMES, REPARTITION, TopicSpec, load_topics
 from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
+OVERDUE_S = 5.0  # a timer this far past due has waited on a busy or stuck loop, not on its schedule
 LOCAL_OPS = frozenset({"ev", "apply", "product", "interest", "notice", "claim", "claimed", "conflict"})  # may run at once when we own the target (see _deliver)
 
 
@@ -183,6 +186,9 @@ class OmnichannelJob(Job):
             log.info("rules now enabled: %s", ", ".join(sorted(self.processor.plays)) or "none")
         metrics.rules_refused.set(1 if self.processor.rules.failed else 0)
         metrics.show_ledger(ledger.summed(owned.values()))
+        metrics.profiles.set(sum(live_profiles(state) for state in owned.values()))
+        late = time.time() - OVERDUE_S
+        metrics.timers_overdue.set(sum(state.overdue(late) for state in owned.values()))
 
     def _dead_letter(self, rec: Any, tp: TopicPartition, rejection: Rejection, out: Outbox) -> None:
         partition = tp.partition % self.partition_counts[self.deadletter]

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.identity.rules import IdentityRules, order_key, split_id
+from pipeline.profiles import census
 from pipeline.profiles.merge import merge_profiles, unmerge_profiles
 from pipeline.profiles.profile import ProfileLimits, new_profile
 from pipeline.state.base import IDENTIFIER_PREFIX
@@ -112,6 +113,7 @@ class IdentityProtocol:
             # Its founding event may still be on its way (messages from different
             # partitions can overtake each other): it starts here and catches up.
             profile = new_profile(target)
+            census.change(state, +1)
         elif "apart" not in profile:  # written before identity resolution, or before splits
             profile.update({"merged": [], "claims": [], "lock": None, "queue": [], **profile, "apart": []})
         self._profile_ops[op](state, target, profile, msg, now, out, merges)
@@ -312,6 +314,7 @@ class IdentityProtocol:
         transferred = copy.deepcopy(profile)
         profile.clear()
         profile.update({"merged_into": survivor, "state": transferred})
+        census.change(state, -1)
         state.txn.set(pid.encode(), profile)
         out.append((survivor, {"op": "absorbed", "loser": pid, "state": transferred, **link}))
         for waited in waiting:
@@ -412,6 +415,7 @@ class IdentityProtocol:
         if "timers" in msg:  # (a request from before timers carried their origin brings none)
             ours = {pid, *lineage(revived)}
             revived["timers"] = {tid: t for tid, t in msg["timers"].items() if t.get("origin") in ours}
+        census.change(state, +1)
         profile.clear()
         profile.update(revived)
         for timer_id, timer in profile["timers"].items():

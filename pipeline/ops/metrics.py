@@ -88,6 +88,10 @@ class Metrics:
             "omni_rule", "Per rule and group (treated, holdout): sent, held, touches, conversions, revenue, "
             "delivered, opened, clicked, bounced, converted, failed", ["rule", "group", "what"], registry=r,
         )  # fmt: skip
+        self.profiles = Gauge("omni_profiles", "Live customer profiles in the state partitions this worker owns", registry=r)
+        self.timers_overdue = Gauge(
+            "omni_timers_overdue", "Timers more than 5 s past due and not fired yet (firing cannot keep up)", registry=r
+        )
         self.rules_refused = Gauge(
             "omni_rules_file_refused", "1 while the rules file on disk does not validate (the previous rules run)", registry=r
         )

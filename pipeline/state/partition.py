@@ -64,6 +64,20 @@ class PartitionState:
             self.txn.set(timer_key(due, key, timer_id), {"due": due, "key": key, "timer_id": timer_id})
         self.unindexed.clear()
 
+    def overdue(self, before: float) -> int:
+        """Heap entries due before ``before`` (cancelled ones among them are skipped when they fire).
+
+        Walks only the top of the heap: a child is never due earlier than its parent, so the walk
+        stops where entries are not overdue, instead of reading every timer each second.
+        """
+        heap, count, stack = self.timers, 0, [0]
+        while stack:
+            i = stack.pop()
+            if i < len(heap) and heap[i][0] < before:
+                count += 1
+                stack += (2 * i + 1, 2 * i + 2)
+        return count
+
     def due(self, now: float) -> list[tuple[float, str, str]]:
         """Pop every heap entry due by ``now``; callers check each is still scheduled."""
         out = []

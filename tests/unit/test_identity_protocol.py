@@ -27,7 +27,7 @@ from pipeline.identity.resolve import routing_key
 from pipeline.identity.rules import split_id
 from pipeline.ingest.validate import CleanEvent, Validator
 from pipeline.kafka import partition_for
-from pipeline.measure.ledger import LEDGER_KEY
+from pipeline.profiles.census import live_profiles
 from pipeline.settings import Settings
 from pipeline.state.base import DELETED, TIMER_PREFIX
 from pipeline.state.memory import MemoryStore
@@ -109,7 +109,7 @@ class Cluster:
         out = {}
         for state in self.states.values():
             for key, value in list(state.txn._dirty.items()):
-                if not key.startswith((ID_PREFIX, TIMER_PREFIX, LEDGER_KEY, b"sku:")) and value is not DELETED:
+                if not key.startswith((ID_PREFIX, TIMER_PREFIX, b"r|", b"sku:")) and value is not DELETED:
                     out[key.decode()] = value
         return out
 
@@ -122,6 +122,7 @@ class Cluster:
             assert owner in live, f"{ident} points at {owner}, which is {'merged' if owner in profiles else 'missing'}"
             kind, value = split_id(ident)
             assert value in live[owner]["identifiers"].get(kind, []), f"{owner} does not hold {ident}"
+        assert sum(live_profiles(st) for st in self.states.values()) == len(live), "the census is off"
         for pid, p in live.items():
             assert p["lock"] is None and p["queue"] == [] and p["claims"] == [], f"{pid} is still busy: {p}"
             for kind, values in p["identifiers"].items():

@@ -102,3 +102,13 @@ def test_a_timer_due_already_is_indexed_only_if_a_checkpoint_comes_before_it_fir
     state.schedule(now - 2, "customer_id:C2", "sent-at-once")
     state.unschedule(now - 2, "customer_id:C2", "sent-at-once")  # fired before any checkpoint
     assert state.txn.take() == [] and state.pending == 2
+
+
+def test_overdue_counts_only_timers_past_the_limit() -> None:
+    state = PartitionState.open(0, MemoryStore())
+    now = time.time()
+    for i in range(50):
+        state.schedule(now + 100 + i, f"customer_id:C{i}", "later")
+    for i in range(7):
+        state.schedule(now - 60 - i, f"customer_id:L{i}", "late")
+    assert state.overdue(now - 5) == 7 and state.overdue(now + 1000) == 57
