@@ -127,9 +127,10 @@ def cmd_send(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from pipeline.measure.report import fetch, page, table
 
-    url = args.url or f"http://{_settings().web_host}:{_settings().web_port}"
+    settings = _settings()
+    url = args.url or f"http://{settings.web_host}:{settings.web_port}"
     try:
-        stats = fetch(url)
+        stats = fetch(url, settings.auth_headers)
     except OSError as exc:
         sys.exit(f"no worker answered at {url}/rules/stats: {exc}")
     print(table(stats))

@@ -55,6 +55,9 @@ class Settings(BaseModel):
     state_dir: Path = Path(".state")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    api_token: str | None = Field(
+        None, description="bearer token the profile and rule APIs require; unset, they answer 401 to everyone"
+    )
     # Tansu makes a joining member wait half the session timeout for others
     # (measured: 10 s -> 5 s, 6 s -> 3 s). Shorter means faster starts and
     # faster failover, at the price of declaring a worker dead after a GC
@@ -152,6 +155,11 @@ class Settings(BaseModel):
     def topic(self, name: str) -> str:
         """The physical name of a logical topic."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What a caller of the worker's APIs sends (other workers, ``omni report``)."""
+        return {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
 
     @property
     def group_id(self) -> str:

@@ -52,4 +52,5 @@ def settings(bootstrap: str, tmp_path: Path) -> Settings:
         state_dir=tmp_path / "state",
         catalogue_file=PACKAGE_DATA / "catalogue.yaml",
         rules_file=write_rules(tmp_path),  # the default rules without quiet hours
+        api_token="the-test-token",
     )

@@ -39,6 +39,7 @@ class WorkerProcess:
             "OMNI_WEB_PORT": str(port),
             "OMNI_CATALOGUE_FILE": str(catalogue or settings.catalogue_file),
             "OMNI_RULES_FILE": str(rules or settings.rules_file),
+            **({"OMNI_API_TOKEN": settings.api_token} if settings.api_token else {}),
             "OMNI_COMMIT_INTERVAL_S": str(settings.commit_interval_s),
             "OMNI_TOPICS_FILE": str(settings.topics_file),
         }

@@ -12,6 +12,7 @@ with its own batched aiokafka consumer and RocksDB stores.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from typing import Any
 
@@ -68,6 +69,17 @@ def _hops(request: faust.web.Request) -> int:
         return MAX_HOPS  # a garbled count is answered here, not passed on
 
 
+def _authorised(settings: Settings, request: faust.web.Request) -> bool:
+    """The profile and rule APIs carry personal data and business figures: a bearer token, always.
+
+    With no token configured nobody is let in (secure by default); /metrics and /health stay open,
+    since they carry neither.
+    """
+    expected = settings.api_token
+    given = request.headers.get("Authorization", "")
+    return bool(expected) and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
+
+
 def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None = None) -> faust.App:
     metrics = metrics or Metrics()
     engine = omnichannel_engine(settings, catalogue, metrics)
@@ -106,6 +118,8 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
     @app.page("/profiles")
     async def profile_lookup(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         """``/profiles?email=anna@example.dk`` (any identifier type) or ``/profiles?id=customer_id:C1``."""
+        if not _authorised(settings, request):
+            return self.json({"error": "missing or wrong bearer token (OMNI_API_TOKEN)"}, status=401)
         status, body = await lookup.answer(request.query, _hops(request))
         return self.json(body, status=status)
 
@@ -114,10 +128,14 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
     @app.page("/rules/stats")
     async def rules_page(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         """Per rule: sent, held out, suppressed by reason, outcomes, conversions, uplift (``?local=1``: this worker's)."""
+        if not _authorised(settings, request):
+            return self.json({"error": "missing or wrong bearer token (OMNI_API_TOKEN)"}, status=401)
         return self.json(rule_stats.local() if request.query.get("local") else await rule_stats.everywhere())
 
     @app.page("/profiles/{key}")
     async def profile_page(self: faust.web.View, request: faust.web.Request, key: str) -> faust.web.Response:
+        if not _authorised(settings, request):
+            return self.json({"error": "missing or wrong bearer token (OMNI_API_TOKEN)"}, status=401)
         status, body = await lookup.by_id(key, _hops(request))
         return self.json(body, status=status)
 

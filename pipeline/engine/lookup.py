@@ -77,7 +77,7 @@ class ProfileLookup:
             return None, (503, {"error": f"partition {partition} has no known owner right now; retry"})
         async with aiohttp.ClientSession() as session:
             async with session.get(
-                f"{url}/profiles", params=dict(query), headers={HOPS_HEADER: str(hops + 1)},
+                f"{url}/profiles", params=dict(query), headers={HOPS_HEADER: str(hops + 1), **self.engine.settings.auth_headers},
                 timeout=aiohttp.ClientTimeout(total=5),
             ) as resp:  # fmt: skip
                 return None, (resp.status, await resp.json())

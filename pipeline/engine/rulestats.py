@@ -30,7 +30,8 @@ class RuleStats:
         mine = self.local()
         total, covered = mine["ledger"], set(mine["partitions"])
         peers = {url for p, url in self.engine.routing.owners.items() if p not in covered and url}
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        headers = self.engine.settings.auth_headers
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=headers) as session:
             for url in sorted(peers):
                 try:
                     async with session.get(f"{url}/rules/stats", params={"local": "1"}) as resp:

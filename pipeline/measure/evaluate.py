@@ -182,6 +182,7 @@ def evaluate(customers_per_play: int = 1000, log: Callable[[str], None] = print)
         settings = Settings.from_env().model_copy(update={
             "bootstrap": broker.bootstrap, "topic_prefix": f"meas-{uuid.uuid4().hex[:6]}.", "state_dir": tmp / "state",
             "rules_file": _rules_file(tmp), "catalogue_file": with_delay(tmp, "2s"), "commit_interval_s": 1.0,
+            "api_token": uuid.uuid4().hex,
         })  # fmt: skip
         asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
         worker = WorkerProcess.start(settings, tmp / "worker.log")
@@ -249,7 +250,7 @@ async def _run_world(settings: Settings, worker: WorkerProcess, per_play: int, n
         log(f"  {len(loop.seen)} of {expected} customers got an action or were held out; {loop.conversions} bought")
         await applied_at_least(2 + len(web) + loop.conversions, "the conversions")
         await asyncio.sleep(1.0)
-        return await asyncio.to_thread(fetch, f"http://127.0.0.1:{worker.port}")
+        return await asyncio.to_thread(fetch, f"http://127.0.0.1:{worker.port}", settings.auth_headers)
     finally:
         stop.set()
         await answering

@@ -17,9 +17,10 @@ from typing import Any
 FUNNEL = ("sent", "delivered", "opened", "clicked", "conversions")
 
 
-def fetch(url: str) -> dict[str, Any]:
+def fetch(url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """The figures from a worker's ``/rules/stats`` (any worker: it sums over all of them)."""
-    with urllib.request.urlopen(f"{url.rstrip('/')}/rules/stats", timeout=10) as resp:
+    request = urllib.request.Request(f"{url.rstrip('/')}/rules/stats", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 

@@ -19,9 +19,14 @@ from tests.helpers import create_topics, event, produce
 CUSTOMERS = 16
 
 
-def get(worker: WorkerProcess, query: str) -> tuple[int, Any]:
+TOKEN = "the-test-token"  # the settings fixture's OMNI_API_TOKEN
+
+
+def get(worker: WorkerProcess, query: str, token: str | None = TOKEN) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{worker.port}/profiles?{query}", headers=headers)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/profiles?{query}", timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return resp.status, orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, orjson.loads(exc.read())
@@ -73,6 +78,9 @@ async def test_any_worker_finds_a_profile_by_any_identifier(settings: Settings, 
                 assert get_when_found(worker, f"id=cookie_id:ck-{i}")["id"] == f"customer_id:C{i}"  # merged: followed
             status, body = get(worker, "email=nobody@example.dk")
             assert status == 404 and "error" in body
+            for token in (None, "wrong"):  # personal data: no answer without the token, from either worker
+                status, body = get(worker, "email=c1@example.dk", token=token)
+                assert status == 401 and "bearer" in body["error"]
             for malformed in ("email=not-an-email", "fax=123", "email=a@b.dk&phone=12345678", ""):
                 status, body = get(worker, malformed)
                 assert status == 400 and "error" in body, (malformed, status, body)
