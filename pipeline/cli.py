@@ -11,6 +11,7 @@
     omni send email              the reference sender: actions.email over SMTP, outcomes reported back
     omni report [--url U]        what each play earns: the table, and report.html with charts
     omni measure evaluate        the report checked against a simulated world with known effects
+    omni soak [--rate R]         a worker under steady load; memory and lag sampled every 10 s
     omni schemas [--check]       write (or check) schemas/ from the pydantic models
 """
 
@@ -146,6 +147,18 @@ def cmd_measure(args: argparse.Namespace) -> None:
     recovered = main(args.customers_per_play, Path(args.out) if args.out else None, Path(args.html) if args.html else None)
     if not recovered:
         sys.exit("some true effect lies outside its 95 % interval (expected now and then: 1 in 20 per play)")
+
+
+def cmd_soak(args: argparse.Namespace) -> None:
+    from pipeline.ops.soak import soak
+
+    result = soak(args.rate, args.minutes, args.customers)
+    if args.out:
+        Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(f"RSS growth (last third over middle third) {result['rss_growth']}, worst lag in the last third "
+          f"{result['worst_lag_last_third']:,.0f} records")  # fmt: skip
+    if not (result["memory_bounded"] and result["lag_bounded"] and result["worker_alive_at_end"]):
+        sys.exit("memory or lag grew without bound, or the worker died")
 
 
 def cmd_rules(args: argparse.Namespace) -> None:
@@ -328,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON with the figures and verdicts")
     p.add_argument("--html", default=None, help="the report page for the run")
     p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("soak", help="a worker under steady load for minutes; memory and lag sampled every 10 s")
+    p.add_argument("--rate", type=float, default=3000.0, help="events a second")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--customers", type=int, default=20_000)
+    p.add_argument("--out", default=None, help="JSON with the samples")
+    p.set_defaults(func=cmd_soak)
 
     p = sub.add_parser("rules", help="the rules catalogue")
     p.add_argument("action", choices=["check"], help="check: validate a rules file without starting anything")

@@ -40,9 +40,12 @@ class ConsumablesFollowUp(Play):
             offer = self.products.consumable_for(sku)
             if offer is None:
                 continue
-            timer_id = f"{self.name}:{purchase['order_id']}:{sku}"
-            if timer_id in timers.timers or bought_since(profile, offer.sku, event["ts"]):
-                continue
+            # One follow-up per durable product, not per order: a second vacuum cleaner moves the bags'
+            # offer instead of adding another, so a profile's timers stay bounded however much it buys.
+            timer_id = f"{self.name}:{sku}"
+            current = timers.timers.get(timer_id)
+            if (current is not None and current["purchased_at"] >= event["ts"]) or bought_since(profile, offer.sku, event["ts"]):
+                continue  # a later purchase of the same product already set it, or the consumable came after
             timers.set(
                 timer_id, event["ts"] + offer.delay_s, self.name,
                 durable_sku=sku, consumable_sku=offer.sku, order_id=purchase["order_id"], purchased_at=event["ts"],
@@ -63,7 +66,7 @@ class ConsumablesFollowUp(Play):
         bought_on = datetime.fromtimestamp(timer["purchased_at"], timezone.utc).strftime("%Y-%m-%d")
         return Draft(
             action="offer_consumable",
-            cause=timer_id,
+            cause=f"{timer_id}:{timer['order_id']}",
             fields={"consumable": offer.name, "durable": durable},
             reason=(
                 f"bought {durable} ({timer['purchase_channel']}, {bought_on}); "
