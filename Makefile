@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench identity-eval measure-eval install schemas clean
+.PHONY: run test bench identity-eval measure-eval soak install schemas clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ identity-eval: $(STAMP)
 ## The per-rule report checked against a simulated world where each play's true effect is known.
 measure-eval: $(STAMP)
 	$(BIN)/omni measure evaluate --customers-per-play 2000 --out bench/measure.json --html bench/measure.html
+
+## Ten minutes of steady load on one worker; memory and lag sampled every 10 s into bench/soak.json.
+soak: $(STAMP)
+	$(BIN)/omni soak --rate 3000 --minutes 10 --customers 2000 --out bench/soak.json
 
 ## Regenerate schemas/ from the pydantic models.
 schemas: $(STAMP)
