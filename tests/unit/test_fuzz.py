@@ -96,7 +96,12 @@ def mutate(doc: dict[str, Any], path: str, value: Any, delete: bool) -> dict[str
     parts = path.split(".")
     node: Any = doc
     for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) and part.isdigit() else node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return doc  # the path leads nowhere in this document
         if node is None:
             return doc
     last = parts[-1]
