@@ -156,7 +156,7 @@ def cmd_soak(args: argparse.Namespace) -> None:
     if args.out:
         Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(f"RSS growth (last third over middle third) {result['rss_growth']}, worst lag in the last third "
-          f"{result['worst_lag_last_third']:,.0f} records")  # fmt: skip
+          f"{result['worst_lag_last_third']} records")  # fmt: skip
     if not (result["memory_bounded"] and result["lag_bounded"] and result["worker_alive_at_end"]):
         sys.exit("memory or lag grew without bound, or the worker died")
 

@@ -24,26 +24,31 @@ class RuleStats:
         self.partitions = engine.job.partition_counts[engine.job.state_topic]
 
     def local(self) -> dict[str, Any]:
-        return {"partitions": sorted(self.engine.state), "ledger": ledger.summed(self.engine.state.values())}
+        """This worker's ledgers, one per partition it owns, so a caller never counts a partition twice."""
+        return {"ledgers": {str(p): ledger.read(state) for p, state in self.engine.state.items()}}
 
     async def everywhere(self) -> dict[str, Any]:
-        mine = self.local()
-        total, covered = mine["ledger"], set(mine["partitions"])
-        peers = {url for p, url in self.engine.routing.owners.items() if p not in covered and url}
+        by_partition: dict[int, ledger.Ledger] = {p: ledger.read(state) for p, state in self.engine.state.items()}
+        peers = {url for p, url in self.engine.routing.owners.items() if p not in by_partition and url}
         headers = self.engine.settings.auth_headers
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=headers) as session:
             for url in sorted(peers):
                 try:
                     async with session.get(f"{url}/rules/stats", params={"local": "1"}) as resp:
-                        theirs = await resp.json()
-                except (aiohttp.ClientError, TimeoutError):
-                    continue  # reported as incomplete below
-                ledger.add(total, theirs["ledger"])
-                covered |= set(theirs["partitions"])
+                        if resp.status != 200:
+                            continue  # reported as incomplete below
+                        theirs = (await resp.json())["ledgers"]
+                except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+                    continue
+                for p, counts in theirs.items():
+                    by_partition.setdefault(int(p), counts)  # a partition changing hands is counted once
+        total: ledger.Ledger = {}
+        for counts in by_partition.values():
+            ledger.add(total, counts)
         rules = list(self.engine.job.processor.rules.catalogue.rules)  # type: ignore[attr-defined]
         return {
             "generated_at": time.time(),
-            "complete": covered >= set(range(self.partitions)),
-            "partitions": sorted(covered),
+            "complete": set(by_partition) >= set(range(self.partitions)),
+            "partitions": sorted(by_partition),
             "rules": [f.as_dict() for f in figures(total, rules)],
         }

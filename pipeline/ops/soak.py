@@ -75,6 +75,8 @@ def soak(rate: float, minutes: float, customers: int = 20_000, log: Callable[[st
 
 
 def verdict(samples: list[dict[str, float]], rate: float) -> dict[str, Any]:
+    if not samples:  # a run shorter than one sample says nothing
+        return {"rss_growth": None, "worst_lag_last_third": None, "memory_bounded": False, "lag_bounded": False}
     third = max(1, len(samples) // 3)
     middle, last = samples[third : 2 * third] or samples, samples[-third:]
     rss_growth = mean(s["rss_mb"] for s in last) / mean(s["rss_mb"] for s in middle)

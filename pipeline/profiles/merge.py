@@ -91,7 +91,8 @@ def _merge_play_state(
     groups = survivor.setdefault("holdout", {})
     for rule, member in merged.get("holdout", {}).items():
         groups.setdefault(rule, member)
-    touches = sorted(survivor.get("touches", []) + merged.get("touches", []), key=lambda t: t["at"])
+    both = {t["id"]: t for t in merged.get("touches", []) + survivor.get("touches", [])}  # once each, after a re-merge
+    touches = sorted(both.values(), key=lambda t: t["at"])
     survivor["touches"] = touches[-TOUCHES_KEPT:]
     survivor["unreachable"] = {**merged.get("unreachable", {}), **survivor.get("unreachable", {})}
     # Marketing contacts add up against the frequency cap; offers either side made stay active.

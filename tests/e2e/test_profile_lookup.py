@@ -78,6 +78,16 @@ async def test_any_worker_finds_a_profile_by_any_identifier(settings: Settings, 
                 assert get_when_found(worker, f"id=cookie_id:ck-{i}")["id"] == f"customer_id:C{i}"  # merged: followed
             status, body = get(worker, "email=nobody@example.dk")
             assert status == 404 and "error" in body
+        stats = []
+        for worker in workers:  # the per-rule figures: any worker sums every partition, each once
+            request = urllib.request.Request(f"http://127.0.0.1:{worker.port}/rules/stats",
+                                             headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                body = orjson.loads(resp.read())
+            assert body["complete"] and body["partitions"] == [0, 1, 2, 3]
+            stats.append(body["rules"])
+        assert stats[0] == stats[1]
+        for worker in workers:
             for token in (None, "wrong"):  # personal data: no answer without the token, from either worker
                 status, body = get(worker, "email=c1@example.dk", token=token)
                 assert status == 401 and "bearer" in body["error"]
