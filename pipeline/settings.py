@@ -125,6 +125,15 @@ class Settings(BaseModel):
     purchases_kept: int = 50
     views_kept: int = 50
 
+    # --- privacy ------------------------------------------------------------
+    # Erased identifiers are remembered only as keyed hashes, so that replaying old input
+    # does not bring the person back. The salt keeps the hashes from being reversed by
+    # hashing every e-mail address one can think of: set it, keep it secret, never change it
+    # (a new salt forgets every erasure before it).
+    erasure_salt: str = Field(
+        "omni-dev-salt", description="secret key of the hashes that remember erased identifiers (set it in production)"
+    )
+
     # --- the reference e-mail sender (omni send email) ----------------------
     smtp_host: str = Field("127.0.0.1", description="SMTP server the reference sender delivers to")
     smtp_port: int = 25

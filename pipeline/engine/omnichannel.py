@@ -38,7 +38,9 @@ from pipeline.kafka import partition_for
 from pipeline.ops.metrics import Metrics
 from pipeline.measure import ledger
 from pipeline.profiles.census import live_profiles
-from pipeline.ops.topics import CHANGELOG, MERGES, OUTCOMES, REPARTITION, TopicSpec, load_topics
+from pipeline.ops.topics import (
+    CHANGELOG, MERGES, OUTCOMES, PRIVACY_AUDIT, PRIVACY_REQUESTS, REPARTITION, TopicSpec, load_topics,
+)  # fmt: skip
 from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
 
@@ -53,9 +55,10 @@ class OmnichannelJob(Job):
         self.processor = Processor(settings, catalogue)
         self.state_topic = settings.topic(REPARTITION)
         self.changelog_topic = settings.topic(CHANGELOG)
-        self.source_topics = {settings.topic(t): t for t in (*INPUT_TOPICS, OUTCOMES)}
+        self.source_topics = {settings.topic(t): t for t in (*INPUT_TOPICS, OUTCOMES, PRIVACY_REQUESTS)}
         self.deadletter = settings.topic(DEADLETTER)
         self.merges_topic = settings.topic(MERGES)
+        self.audit_topic = settings.topic(PRIVACY_AUDIT)
         self._produced: list[tuple[str, Message]] = []
         self._merges: list[Message] = []
         self.partition_counts = {settings.topic(name): spec.partitions for name, spec in specs.items()}
@@ -65,8 +68,8 @@ class OmnichannelJob(Job):
         self, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
     ) -> None:
         logical = self.source_topics[tp.topic]
-        if logical == OUTCOMES:
-            self._on_outcomes(tp, records, now, out, owned)
+        if logical in (OUTCOMES, PRIVACY_REQUESTS):
+            self._on_reports(logical, tp, records, now, out, owned)
             return
         ingest = self.processor.ingest
         for rec in records:
@@ -83,11 +86,13 @@ class OmnichannelJob(Job):
             op = "product" if event["type"] in PRODUCT_EVENT_TYPES else "ev"
             self._deliver(key, {"op": op, "event": event}, rec, tp, now, out, owned)
 
-    def _on_outcomes(
-        self, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
+    def _on_reports(
+        self, logical: str, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
     ) -> None:  # fmt: skip
+        """Senders' outcomes and erasure requests: each goes to the actor it concerns, as an event does."""
+        ingest = self.processor.ingest_outcome if logical == OUTCOMES else self.processor.ingest_erasure
         for rec in records:
-            result = self.processor.ingest_outcome(rec.value, now)
+            result = ingest(rec.value, now)
             if isinstance(result, Rejection):
                 self._dead_letter(rec, tp, result, out)
             else:
@@ -156,7 +161,10 @@ class OmnichannelJob(Job):
                         produced.clear()
                     if merges:
                         for merge in merges:
-                            out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
+                            if "audit" in merge:
+                                out.add(self.audit_topic, merge["request_id"].encode(), orjson.dumps(merge))
+                            else:
+                                out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
                         merges.clear()
                 except Exception as exc:  # a bug must not become a crash loop on one record
                     log.exception("processing %s at %s:%d@%d failed", op, source.topic, source.partition, rec.offset)
@@ -213,6 +221,9 @@ class OmnichannelJob(Job):
             m.merges.inc(identity.merges)
         m.add(m.merges_refused, identity.refused)
         m.add(m.identifiers_left_out, identity.left_out)
+        m.add(m.erasures, identity.erasures)
+        if identity.erased_dropped:
+            m.erased_dropped.inc(identity.erased_dropped)
         self.processor.identity.tally = IdentityTally()
         if self.latencies:
             m.latency.observe_many(self.latencies)

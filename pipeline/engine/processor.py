@@ -28,8 +28,8 @@ from pipeline.identity.resolve import routing_key
 from pipeline.ingest.validate import CleanEvent, Rejection, Validator
 from pipeline.measure import ledger
 from pipeline.measure.touches import attribute, record_outcome
-from pipeline.ops.topics import HOLDOUTS, OUTCOMES
-from pipeline.profiles.product import PRODUCT_OPS, product_step
+from pipeline.ops.topics import HOLDOUTS, OUTCOMES, PRIVACY_REQUESTS
+from pipeline.profiles.product import ONLINE, PRODUCT_OPS, product_step
 from pipeline.profiles.profile import ProfileLimits, apply_event, seen_before
 from pipeline.settings import Settings
 from pipeline.state.partition import PartitionState
@@ -64,7 +64,9 @@ class Processor:
         self.catalogue = catalogue
         self.rules = RulesFile(settings.rules_file)
         self._use_rules()
-        self.identity = IdentityProtocol(settings.identity_rules(), self.limits, self._apply_to_profile, self._notice)
+        self.identity = IdentityProtocol(
+            settings.identity_rules(), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt
+        )
         self.tally = Tallies()
         self.applied = 0  # events applied to state so far: the engine times each record that raised it
 
@@ -107,6 +109,16 @@ class Processor:
         self.tally.events_in[("outcomes", result["outcome"])] += 1
         return result["customer"], {"op": "notice", "about": "outcome", "report": result}
 
+    def ingest_erasure(self, value: bytes | None, now: float) -> tuple[str, Message] | Rejection:
+        """A person's erasure request: to the identifier it names, which passes it to its profile."""
+        result = self.validate.erasure(value)
+        if isinstance(result, Rejection):
+            self.tally.deadletter[(result.reason, PRIVACY_REQUESTS)] += 1
+            return result
+        key, request = result
+        self.tally.events_in[("privacy", "erasure_request")] += 1
+        return key, {"op": "erase", "request_id": request["request_id"], "subject": key, "at": now}
+
     # --- step 2: apply to state ------------------------------------------------------
 
     def handle(self, state: PartitionState, target: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
@@ -138,6 +150,13 @@ class Processor:
         return True
 
     def _notice(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message) -> None:
+        if msg["about"] == "waiting":  # on a sold-out product's waiting list: erasure will take us off it
+            waiting_on = profile.setdefault("waiting_on", [])
+            if msg["sku"] not in waiting_on:
+                waiting_on.append(msg["sku"])
+            return
+        if msg["about"] == "back_in_stock" and ONLINE in msg["where"] and msg["sku"] in profile.get("waiting_on", ()):
+            profile["waiting_on"].remove(msg["sku"])  # back online: the product has cleared its list
         if msg["about"] == "outcome":
             outcome = record_outcome(profile, msg["report"])
             if outcome is None:

@@ -24,6 +24,13 @@ The protocol, one event at a time:
    identifier that linked them is left out. The survivor unlocks and repoints every
    identifier of the merged profile to itself.
 
+Erasure (a person's request, ``privacy.requests``): ``erase`` goes to the identifier
+named in the request, which passes it to its profile as ``erase_profile``. The profile
+unschedules its timers, tells each of its identifiers and merged profiles to ``forget``
+it and each product it waits for to ``unwait`` it, deletes itself and reports to
+``privacy.audit``. Every erased identifier leaves only a keyed hash behind
+(``pipeline.privacy.erasure``), which stops a replay of old events founding it again.
+
 Why it converges: a message for a tombstone is forwarded to its survivor, and
 survivors only ever have smaller ids, so forwarding ends. A profile that is itself
 merging defers an ``absorb`` until it is done; it waits only on larger ids, so no
@@ -43,12 +50,13 @@ from typing import Any
 from pipeline.identity.rules import IdentityRules, order_key, split_id
 from pipeline.profiles import census
 from pipeline.profiles.merge import merge_profiles, unmerge_profiles
+from pipeline.privacy.erasure import audit_record, erased_at, mark_erased
 from pipeline.profiles.profile import ProfileLimits, new_profile
 from pipeline.state.base import IDENTIFIER_PREFIX
 from pipeline.state.partition import PartitionState
 
 ID_PREFIX = IDENTIFIER_PREFIX
-IDENTIFIER_OPS = frozenset({"ev", "claim", "repoint", "release"})
+IDENTIFIER_OPS = frozenset({"ev", "claim", "repoint", "release", "erase", "forget"})
 
 Message = dict[str, Any]
 Outbox = list[tuple[str, Message]]  # (key of the target actor, message)
@@ -74,11 +82,14 @@ class IdentityTally:
     merges: int = 0
     refused: Counter = field(default_factory=Counter)  # reason
     left_out: Counter = field(default_factory=Counter)  # (identifier type, reason)
+    erasures: Counter = field(default_factory=Counter)  # result: erased, not_found
+    erased_dropped: int = 0  # messages about erased people that arrived after them (a replay, a late answer)
 
 
 class IdentityProtocol:
-    def __init__(self, rules: IdentityRules, limits: ProfileLimits, apply_event: ApplyEvent, notice: Notice) -> None:
+    def __init__(self, rules: IdentityRules, limits: ProfileLimits, apply_event: ApplyEvent, notice: Notice, salt: str) -> None:
         self.rules = rules
+        self.salt = salt  # of the hashes that remember erased identifiers
         self.limits = limits
         self.apply_event = apply_event  # the profile's own business: False for a duplicate event
         self.notice = notice  # a message for the profile's rules from another actor (a product back in stock)
@@ -110,6 +121,18 @@ class IdentityProtocol:
             if op == "unmerge":  # nothing to bring back: never create a second owner of its identifiers
                 out.append((msg["survivor"], {"op": "unmerged", "loser": target, "state": None, "by": msg["by"]}))
                 return
+            if op == "erase_profile":  # erased already (a repeated request), or never held
+                self._audit(msg, None, {}, merges)
+                return
+            gone = erased_at(state, self.salt, target)
+            if gone is not None and not (op == "apply" and msg["event"]["ts"] > gone):
+                # An erased person: an event from before the erasure (a replay) must not found the
+                # profile again, nor a late answer to one of its messages. An event after it is a
+                # new start. A survivor waiting on us to be absorbed is told no, or it waits forever.
+                self.tally.erased_dropped += 1
+                if op == "absorb":
+                    out.append((msg["into"], {"op": "refused", "loser": target, "reason": "erased", **_link(msg)}))
+                return
             # Its founding event may still be on its way (messages from different
             # partitions can overtake each other): it starts here and catches up.
             profile = new_profile(target)
@@ -117,7 +140,9 @@ class IdentityProtocol:
         elif "apart" not in profile:  # written before identity resolution, or before splits
             profile.update({"merged": [], "claims": [], "lock": None, "queue": [], **profile, "apart": []})
         self._profile_ops[op](state, target, profile, msg, now, out, merges)
-        if not is_tombstone(profile):
+        if "erased" in profile:
+            state.txn.delete(target.encode())
+        elif not is_tombstone(profile):
             state.txn.set(target.encode(), profile)
 
     # --- identifier actors ---------------------------------------------------------
@@ -145,6 +170,11 @@ class IdentityProtocol:
     def _id_claim(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
         claimant, trigger = msg["profile"], msg["trigger"]
         entry = owner_entry(state, ident)
+        if entry is None and _before_erasure(msg.get("at"), erased_at(state, self.salt, ident)):
+            # Claimed by an event from before this identifier's erasure (a replay): it stays erased.
+            self.tally.erased_dropped += 1
+            out.append((claimant, {"op": "erased_id", "id": ident}))
+            return
         if entry is None or entry[0] == claimant:
             # Remember which claim made it ours: a release answering an older one must not undo it.
             state.txn.set(id_key(ident), [claimant, trigger])
@@ -162,6 +192,29 @@ class IdentityProtocol:
         if entry is not None and entry[0] in msg["from"] and entry[1] == msg["trigger"]:
             state.txn.delete(id_key(ident))
 
+    def _id_erase(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
+        """A person's erasure request, by one of their identifiers: their profile erases itself."""
+        mark_erased(state, self.salt, ident, msg["at"])
+        entry = owner_entry(state, ident)
+        if entry is None:
+            self._audit(msg, None, {}, merges)
+            return
+        step = {**msg, "op": "erase_profile"}
+        if entry[0] == ident:  # a founding identifier: its profile has its key, here
+            self._at_profile(state, ident, state.txn.get(ident.encode()), step, now, out, merges)
+        else:
+            out.append((entry[0], step))
+
+    def _id_forget(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
+        """An erased profile's identifier (or merged profile): leave nothing of it but its hash."""
+        mark_erased(state, self.salt, ident, msg["at"])
+        entry = state.txn.get(id_key(ident))
+        if entry is not None and entry[0] in msg["from"]:
+            state.txn.delete(id_key(ident))
+        merged = state.txn.get(ident.encode())
+        if merged is not None and is_tombstone(merged) and merged["merged_into"] in msg["from"]:  # it holds a copy of the state it handed over
+            state.txn.delete(ident.encode())
+
     # --- profile actors: events and claims -------------------------------------------
 
     def _p_apply(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
@@ -174,9 +227,9 @@ class IdentityProtocol:
             values = owned.get(kind)
             if values and values[-1] == value:
                 continue  # the usual case: held, and the one used last time
-            self._claim(pid, profile, f"{kind}:{value}", event["event_id"], out)
+            self._claim(pid, profile, f"{kind}:{value}", event["event_id"], out, event["ts"])
 
-    def _claim(self, pid: str, profile: dict[str, Any], ident: str, trigger: str, out: Outbox) -> None:
+    def _claim(self, pid: str, profile: dict[str, Any], ident: str, trigger: str, out: Outbox, at: float | None = None) -> None:
         kind, value = split_id(ident)
         owned = profile["identifiers"]
         values = owned.get(kind)
@@ -187,7 +240,7 @@ class IdentityProtocol:
             return
         if profile["lock"] is not None:
             # Mid-merge the limits are being judged on the identifiers we hold now.
-            profile["queue"].append({"op": "claim_later", "id": ident, "trigger": trigger})
+            profile["queue"].append({"op": "claim_later", "id": ident, "trigger": trigger, "at": at})
             return
         reason = self.rules.room_for(owned, kind)
         if reason is not None:
@@ -195,11 +248,11 @@ class IdentityProtocol:
             return
         owned.setdefault(kind, []).append(value)  # at once: an action due now may need it
         profile["claims"].append(ident)
-        out.append((ident, {"op": "claim", "profile": pid, "trigger": trigger}))
+        out.append((ident, {"op": "claim", "profile": pid, "trigger": trigger, "at": at}))
 
     def _p_claim_later(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                        out: Outbox, merges: list[Message]) -> None:  # fmt: skip
-        self._claim(pid, profile, msg["id"], msg["trigger"], out)
+        self._claim(pid, profile, msg["id"], msg["trigger"], out, msg.get("at"))
 
     def _p_notice(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                   out: Outbox, merges: list[Message]) -> None:  # fmt: skip
@@ -233,6 +286,56 @@ class IdentityProtocol:
             return
         link = {"via": ident, "owner": owner, "claimant": pid, "trigger": msg["trigger"]}
         self._merge(pid, profile, owner, link, out)
+
+    def _p_erased_id(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                     out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        """A claim refused because its identifier was erased before the event that claimed it."""
+        kind, value = split_id(msg["id"])
+        self._remove_identifiers(profile, {kind: [value]})
+        if msg["id"] in profile["claims"]:
+            profile["claims"].remove(msg["id"])
+
+    # --- profile actors: erasure ----------------------------------------------------------
+
+    def _p_erase_profile(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
+                         out: Outbox, merges: list[Message]) -> None:  # fmt: skip
+        if profile["lock"] is not None:
+            profile["queue"].append(msg)  # after the merge in progress, so that it erases what the merge brings
+            return
+        self._erase(state, pid, profile, msg, out, merges)
+
+    def _erase(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, out: Outbox, merges: list[Message]) -> None:
+        """Remove the profile and tell everything that knows it to forget it."""
+        at = msg["at"]
+        former = [pid, *sorted(lineage(profile))]
+        held = {f"{kind}:{value}" for kind, values in profile["identifiers"].items() for value in values}
+        identifiers = sorted(held | set(former) | set(profile["claims"]))
+        for timer_id, timer in profile["timers"].items():
+            state.unschedule(timer["due"], pid, timer_id)
+        forget = {"op": "forget", "from": former, "at": at}
+        for ident in identifiers:
+            if ident == pid:  # same key, same partition: at once
+                self._id_forget(state, ident, forget, at, out, merges)
+            else:
+                out.append((ident, forget))
+        waiting_on = profile.get("waiting_on", [])
+        for sku in waiting_on:
+            out.append((f"sku:{sku}", {"op": "unwait", "profiles": former}))
+        for waited in profile["queue"]:
+            if waited["op"] == "absorb":  # a survivor waits for our answer
+                out.append((waited["into"], {"op": "refused", "loser": pid, "reason": "erased", **_link(waited)}))
+        removed = {
+            "profiles": 1, "merged_profiles": len(former) - 1, "identifiers": len(held), "timers": len(profile["timers"]),
+            "offers": len(profile["actions"]), "purchases": len(profile["purchases"]), "waiting_lists": len(waiting_on),
+        }  # fmt: skip
+        census.change(state, -1)
+        profile.clear()
+        profile["erased"] = True  # deleted by the caller, which would otherwise write it back
+        self._audit(msg, pid, removed, merges)
+
+    def _audit(self, msg: Message, found: str | None, removed: dict[str, int], merges: list[Message]) -> None:
+        self.tally.erasures["erased" if found is not None else "not_found"] += 1
+        merges.append(audit_record(msg, self.salt, found, removed, msg["at"]))
 
     def _p_drop(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                 out: Outbox, merges: list[Message]) -> None:  # fmt: skip
@@ -471,14 +574,21 @@ class IdentityProtocol:
         queue = profile["queue"]
         while queue and not is_tombstone(profile) and profile["lock"] is None:
             msg = queue.pop(0)
+            if msg["op"] == "erase_profile":  # _erase answers what waits behind it
+                self._erase(state, pid, profile, msg, out, merges)
+                return
             if msg["op"] == "claim_later":
-                self._claim(pid, profile, msg["id"], msg["trigger"], out)
+                self._claim(pid, profile, msg["id"], msg["trigger"], out, msg.get("at"))
             elif msg["op"] == "merge":
                 self._merge(pid, profile, msg["loser"], _link(msg), out)
             elif msg["op"] == "split":
                 self._p_split(state, pid, profile, msg, 0.0, out, merges)
             else:  # absorb: if it succeeds, the rest of the queue goes to the survivor with us
                 self._absorb(state, pid, profile, msg, out)
+
+
+def _before_erasure(event_at: float | None, erased: float | None) -> bool:
+    return erased is not None and event_at is not None and event_at <= erased
 
 
 def owner_entry(state: PartitionState, ident: str) -> list[Any] | None:

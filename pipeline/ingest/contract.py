@@ -300,3 +300,19 @@ class OutcomeReport(TypedDict):
 
 
 OUTCOME_ADAPTER: TypeAdapter[Any] = TypeAdapter(OutcomeReport)
+
+
+# --- a person's erasure request on ``privacy.requests`` ---------------------------------
+
+
+@with_config(_CLOSED)
+class ErasureRequest(TypedDict):
+    """Erase everything held about the person one identifier belongs to (any of their identifiers will do)."""
+
+    request_id: Id
+    identifier_type: Literal["customer_id", "loyalty_id", "email", "phone", "device_id", "cookie_id"]
+    identifier: Annotated[str, Field(min_length=1, max_length=300)]
+    requested_at: AwareDatetime
+
+
+ERASURE_ADAPTER: TypeAdapter[Any] = TypeAdapter(ErasureRequest)

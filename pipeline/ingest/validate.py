@@ -14,8 +14,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from pipeline.ingest.contract import EVENT_ADAPTER, EVENT_MODELS, OUTCOME_ADAPTER, PRODUCT_EVENT_TYPES, TOPIC_CONTRACT
-from pipeline.ingest.normalise import normalise_identifiers
+from pipeline.ingest.contract import (
+    ERASURE_ADAPTER, EVENT_ADAPTER, EVENT_MODELS, OUTCOME_ADAPTER, PRODUCT_EVENT_TYPES, TOPIC_CONTRACT,
+)  # fmt: skip
+from pipeline.ingest.normalise import normalise_identifiers, normalise_one
 from pipeline.settings import Settings
 
 REASONS = (
@@ -77,6 +79,22 @@ class Validator:
             return Rejection("absurd_timestamp", f"occurred_at {data['occurred_at'].isoformat()} is out of range")
         data["ts"] = ts
         return data
+
+    def erasure(self, value: bytes | None) -> tuple[str, dict[str, Any]] | Rejection:
+        """An erasure request: (the identifier as the pipeline spells it, the request)."""
+        if value is None or len(value) == 0:
+            return Rejection("malformed_json", "empty message")
+        if len(value) > self.settings.max_event_bytes:
+            return Rejection("oversized", f"{len(value)} bytes > limit {self.settings.max_event_bytes}")
+        try:
+            data: dict[str, Any] = ERASURE_ADAPTER.validate_json(value)
+        except ValidationError as exc:
+            return _not_json(value) or _rejection_from(exc, "")
+        kind = data["identifier_type"]
+        norm, reason = normalise_one(kind, data["identifier"], self.settings.default_phone_region)
+        if norm is None:
+            return Rejection("no_identifiers", f"{kind} is {reason}")
+        return f"{kind}:{norm}", data
 
     def _accept(self, logical_topic: str, data: dict[str, Any], now: float) -> CleanEvent | Rejection:
         etype = data["type"]

@@ -54,6 +54,14 @@ class Metrics:
         )
         self.processed = Counter("omni_events_processed", "Events applied to state", ["type"], registry=r)
         self.merges = Counter("omni_identity_merges", "Profiles merged into another by identity resolution", registry=r)
+        self.erasures = Counter(
+            "omni_erasures", "Erasure requests carried out (erased) or finding nobody (not_found)", ["result"], registry=r
+        )
+        self.erased_dropped = Counter(
+            "omni_erased_messages_dropped",
+            "Events and protocol messages about an erased person from before the erasure (a replay), dropped",
+            registry=r,
+        )
         self.merges_refused = Counter(
             "omni_identity_merges_refused", "Merges refused because the union would break a limit", ["reason"], registry=r
         )

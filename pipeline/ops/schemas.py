@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.actions.model import Action
-from pipeline.ingest.contract import EVENT_ADAPTER, OUTCOME_ADAPTER
+from pipeline.ingest.contract import ERASURE_ADAPTER, EVENT_ADAPTER, OUTCOME_ADAPTER
 
 
 def generated() -> dict[str, dict[str, Any]]:
@@ -15,6 +15,7 @@ def generated() -> dict[str, dict[str, Any]]:
         "event.schema.json": {"title": "Event", **EVENT_ADAPTER.json_schema()},
         "action.schema.json": Action.model_json_schema(),
         "outcome.schema.json": {"title": "Outcome", **OUTCOME_ADAPTER.json_schema()},
+        "erasure.schema.json": {"title": "ErasureRequest", **ERASURE_ADAPTER.json_schema()},
     }
 
 

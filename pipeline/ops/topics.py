@@ -16,6 +16,8 @@ REPARTITION = "internal.events-by-customer"
 CHANGELOG = "internal.state-changelog"
 MERGES = "identity.merges"  # every merge and split of profiles, for downstream systems to follow
 OUTCOMES = "outcomes"  # what senders report back on actions (delivered, bounced, opened...)
+PRIVACY_REQUESTS = "privacy.requests"  # a person's erasure requests
+PRIVACY_AUDIT = "privacy.audit"  # what each erasure removed (counts and keyed hashes, never the data)
 HOLDOUTS = "actions.holdout"  # would-be actions of customers in a rule's holdout group: recorded, never sent
 
 

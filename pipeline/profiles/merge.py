@@ -57,6 +57,9 @@ def merge_profiles(survivor: dict[str, Any], merged: dict[str, Any], limits: Pro
         survivor["consent"][channel] = granted and survivor["consent"].get(channel, True)
     survivor["locale"] = newer["locale"] or older["locale"]
 
+    waiting_on = survivor.setdefault("waiting_on", [])  # products whose waiting lists hold either id
+    waiting_on.extend(sku for sku in merged.get("waiting_on", ()) if sku not in waiting_on)
+
     survivor["timers"].update({tid: t for tid, t in merged["timers"].items() if tid not in survivor["timers"]})
     actions = {**merged["actions"], **survivor["actions"]}
     survivor["actions"] = dict(sorted(actions.items(), key=lambda kv: kv[1])[-limits.actions_kept :])

@@ -13,7 +13,7 @@ from typing import Any
 from pipeline.state.partition import PartitionState
 
 ONLINE = "online"
-PRODUCT_OPS = frozenset({"product", "interest"})
+PRODUCT_OPS = frozenset({"product", "interest", "unwait"})
 RECENT_UPDATES = 8  # update ids remembered per location, so a redelivered one is recognised
 
 
@@ -55,12 +55,21 @@ def product_step(state: PartitionState, key: str, msg: dict[str, Any], out: list
     """
     skey = key.encode()
     product = state.txn.get(skey)
+    if msg["op"] == "unwait":  # an erased customer (and every profile merged into it) leaves the list
+        waiting = (product or {}).get("waiting", {})
+        if any(profile in waiting for profile in msg["profiles"]):
+            for profile in msg["profiles"]:
+                waiting.pop(profile, None)
+            state.txn.set(skey, product)
+        return None
     if msg["op"] == "interest":
         if product is None or not sold_out_online(product):
             return None  # available online, or never reported: nothing to wait for
         waiting = product.setdefault("waiting", {})
         if msg["profile"] not in waiting and len(waiting) >= max_waiting:
             return "waiting_full"
+        if msg["profile"] not in waiting:  # the profile keeps a list of where it waits: erasure must find it
+            out.append((msg["profile"], {"op": "notice", "about": "waiting", "sku": key.partition(":")[2]}))
         waiting[msg["profile"]] = [msg["ts"], msg["event_id"]]
         state.txn.set(skey, product)
         return None

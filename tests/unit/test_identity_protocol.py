@@ -25,6 +25,7 @@ from pipeline.engine.processor import Processor
 from pipeline.identity.protocol import ID_PREFIX, is_tombstone
 from pipeline.identity.resolve import routing_key
 from pipeline.identity.rules import split_id
+from pipeline.ingest.contract import PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import CleanEvent, Validator
 from pipeline.kafka import partition_for
 from pipeline.profiles.census import live_profiles
@@ -57,9 +58,10 @@ class Cluster:
         self.run(target, msg, source)
 
     def inject(self, raw: dict[str, Any]) -> None:
-        result = self.validator("channel." + raw["channel"], orjson.dumps(raw), time.time())
+        stock = raw["type"] in PRODUCT_EVENT_TYPES
+        result = self.validator("ops.inventory" if stock else "channel." + raw["channel"], orjson.dumps(raw), time.time())
         assert isinstance(result, CleanEvent), result
-        self.send(SOURCE, routing_key(result.data), {"op": "ev", "event": result.data})
+        self.send(SOURCE, routing_key(result.data), {"op": "product" if stock else "ev", "event": result.data})
 
     def run(self, target: str, msg: dict[str, Any], source: int | None = None) -> None:
         """Run a message, and the steps it leads to that the engine would run at once, in its order.
@@ -109,7 +111,7 @@ class Cluster:
         out = {}
         for state in self.states.values():
             for key, value in list(state.txn._dirty.items()):
-                if not key.startswith((ID_PREFIX, TIMER_PREFIX, b"r|", b"sku:")) and value is not DELETED:
+                if not key.startswith((ID_PREFIX, TIMER_PREFIX, b"r|", b"e|", b"sku:")) and value is not DELETED:
                     out[key.decode()] = value
         return out
 
