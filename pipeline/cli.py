@@ -12,6 +12,8 @@
     omni report [--url U]        what each play earns: the table, and report.html with charts
     omni measure evaluate        the report checked against a simulated world with known effects
     omni soak [--rate R]         a worker under steady load; memory and lag sampled every 10 s
+    omni privacy export --identifier T:V   everything held about a person, as JSON
+    omni privacy erase --identifier T:V    request a person's erasure (privacy.requests)
     omni schemas [--check]       write (or check) schemas/ from the pydantic models
 """
 
@@ -237,6 +239,22 @@ def cmd_identity(args: argparse.Namespace) -> None:
     print(f"identity graph: {len(entries)} identifiers, {len({e['profile_id'] for e in entries})} profiles", file=sys.stderr)
 
 
+def cmd_privacy(args: argparse.Namespace) -> None:
+    settings = _need_bootstrap(_settings())
+    if args.action == "export":
+        from pipeline.privacy.export import export_person
+
+        person = asyncio.run(export_person(settings, args.identifier))
+        print(orjson.dumps(person, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+        if not person["found"]:
+            print(f"nothing is held about {args.identifier}", file=sys.stderr)
+        return
+    from pipeline.privacy.requests import request_erasure
+
+    request_id = asyncio.run(request_erasure(settings, args.identifier, args.request_id))
+    print(f"erasure {request_id} requested; privacy.audit records it when done", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from pipeline.ops.run import run_all
 
@@ -314,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="evaluate: worker processes")
     p.add_argument("--partitions", type=int, default=8, help="evaluate: state partitions")
     p.set_defaults(func=cmd_identity)
+
+    p = sub.add_parser("privacy", help="a person's data: export it, or request its erasure")
+    p.add_argument("action", choices=["export", "erase"], help="export: everything held about the person, as JSON "
+                   "(from the changelog); erase: send an erasure request to privacy.requests")  # fmt: skip
+    p.add_argument("--identifier", required=True, help="any of the person's identifiers, TYPE:VALUE")
+    p.add_argument("--request-id", default=None, help="erase: the request's id (default: a new one)")
+    p.set_defaults(func=cmd_privacy)
 
     p = sub.add_parser("bench", help="throughput benchmark")
     p.add_argument("--events", type=int, default=100_000)

@@ -41,6 +41,7 @@ class WorkerProcess:
             "OMNI_RULES_FILE": str(rules or settings.rules_file),
             **({"OMNI_API_TOKEN": settings.api_token} if settings.api_token else {}),
             "OMNI_COMMIT_INTERVAL_S": str(settings.commit_interval_s),
+            "OMNI_ERASURE_SALT": settings.erasure_salt,
             "OMNI_TOPICS_FILE": str(settings.topics_file),
         }
         proc = subprocess.Popen(

@@ -22,8 +22,8 @@ from pipeline.state.changelog import restore
 from pipeline.state.memory import MemoryStore
 
 
-async def graph_entries(settings: Settings) -> list[dict[str, str]]:
-    """Every identifier with the profile that owns it, sorted by identifier."""
+async def changelog_state(settings: Settings) -> list[MemoryStore]:
+    """Every state partition as of the workers' last checkpoints, read from the changelog into memory."""
     partitions = load_topics(settings.topics_file)[CHANGELOG].partitions
     stores = {p: MemoryStore() for p in range(partitions)}
     consumer = kafka.consumer(settings, auto_offset_reset="earliest")
@@ -32,7 +32,12 @@ async def graph_entries(settings: Settings) -> list[dict[str, str]]:
         await restore(consumer, settings.topic(CHANGELOG), stores)  # type: ignore[arg-type]
     finally:
         await consumer.stop()
-    return sorted(_entries(stores.values()), key=lambda e: (e["identifier_type"], e["identifier"]))
+    return list(stores.values())
+
+
+async def graph_entries(settings: Settings) -> list[dict[str, str]]:
+    """Every identifier with the profile that owns it, sorted by identifier."""
+    return sorted(_entries(await changelog_state(settings)), key=lambda e: (e["identifier_type"], e["identifier"]))
 
 
 def _entries(stores: Iterable[MemoryStore]) -> Iterator[dict[str, str]]:
