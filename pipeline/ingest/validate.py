@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from pipeline.ingest.contract import (
     ERASURE_ADAPTER, EVENT_ADAPTER, EVENT_MODELS, OUTCOME_ADAPTER, PRODUCT_EVENT_TYPES, TOPIC_CONTRACT,
@@ -66,14 +66,9 @@ class Validator:
 
     def outcome(self, value: bytes | None, now: float) -> dict[str, Any] | Rejection:
         """Validate a sender's report from ``outcomes`` (``ts`` added, as for events)."""
-        if value is None or len(value) == 0:
-            return Rejection("malformed_json", "empty message")
-        if len(value) > self.settings.max_event_bytes:
-            return Rejection("oversized", f"{len(value)} bytes > limit {self.settings.max_event_bytes}")
-        try:
-            data: dict[str, Any] = OUTCOME_ADAPTER.validate_json(value)
-        except ValidationError as exc:
-            return _not_json(value) or _rejection_from(exc, "")
+        data = self._report(OUTCOME_ADAPTER, value)
+        if isinstance(data, Rejection):
+            return data
         ts = data["occurred_at"].timestamp()
         if ts < self.min_ts or ts > now + self.settings.future_tolerance_s:
             return Rejection("absurd_timestamp", f"occurred_at {data['occurred_at'].isoformat()} is out of range")
@@ -82,19 +77,26 @@ class Validator:
 
     def erasure(self, value: bytes | None) -> tuple[str, dict[str, Any]] | Rejection:
         """An erasure request: (the identifier as the pipeline spells it, the request)."""
-        if value is None or len(value) == 0:
-            return Rejection("malformed_json", "empty message")
-        if len(value) > self.settings.max_event_bytes:
-            return Rejection("oversized", f"{len(value)} bytes > limit {self.settings.max_event_bytes}")
-        try:
-            data: dict[str, Any] = ERASURE_ADAPTER.validate_json(value)
-        except ValidationError as exc:
-            return _not_json(value) or _rejection_from(exc, "")
+        data = self._report(ERASURE_ADAPTER, value)
+        if isinstance(data, Rejection):
+            return data
         kind = data["identifier_type"]
         norm, reason = normalise_one(kind, data["identifier"], self.settings.default_phone_region)
         if norm is None:
             return Rejection("no_identifiers", f"{kind} is {reason}")
         return f"{kind}:{norm}", data
+
+    def _report(self, adapter: TypeAdapter[Any], value: bytes | None) -> dict[str, Any] | Rejection:
+        """A record of a closed, non-event contract (outcomes, erasure requests), parsed and validated."""
+        if value is None or len(value) == 0:
+            return Rejection("malformed_json", "empty message")
+        if len(value) > self.settings.max_event_bytes:
+            return Rejection("oversized", f"{len(value)} bytes > limit {self.settings.max_event_bytes}")
+        try:
+            data: dict[str, Any] = adapter.validate_json(value)
+        except ValidationError as exc:
+            return _not_json(value) or _rejection_from(exc, "")
+        return data
 
     def _accept(self, logical_topic: str, data: dict[str, Any], now: float) -> CleanEvent | Rejection:
         etype = data["type"]

@@ -74,3 +74,15 @@ def test_order_events_on_ops_topic_need_a_customer(validate: Validator) -> None:
 def test_non_finite_numbers_are_refused(validate: Validator, number: bytes) -> None:
     raw = orjson.dumps(purchase("C1", "ev-1", ["VAC-100"])).replace(b'"total":', b'"total":' + number + b",\"was\":")
     assert reason(validate("channel.web", raw, NOW)) == "malformed_json"
+
+
+def test_an_erasure_request_names_the_identifier_as_the_pipeline_spells_it() -> None:
+    from pipeline.privacy.requests import erasure_request
+
+    validator = Validator(Settings())
+    key, request = validator.erasure(orjson.dumps(erasure_request("phone:+45 20 12 34 56", "r1")))  # type: ignore[misc]
+    assert (key, request["request_id"]) == ("phone:+4520123456", "r1")
+    bad_type = {**erasure_request("email:a@b.dk"), "identifier_type": "passport"}
+    assert validator.erasure(orjson.dumps(bad_type)).reason == "invalid_event"  # type: ignore[union-attr]
+    assert validator.erasure(orjson.dumps(erasure_request("email:not-an-address"))).reason == "no_identifiers"  # type: ignore[union-attr]
+    assert validator.erasure(b"{").reason == "malformed_json"  # type: ignore[union-attr]
