@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 from pipeline.settings import Settings
 
 Headers = Sequence[tuple[str, bytes]]
@@ -64,8 +66,29 @@ def murmur2(data: bytes) -> int:
     return h ^ (h >> 15)
 
 
+def security(settings: Settings) -> dict[str, object]:
+    """TLS and SASL options for every client (producers, consumers, admin), from the settings."""
+    options: dict[str, object] = {"security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile, certfile=settings.kafka_ssl_certfile, keyfile=settings.kafka_ssl_keyfile
+        )
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password,
+        )
+    return options
+
+
+def admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, **security(settings))  # type: ignore[arg-type]
+
+
 def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
     options: dict[str, object] = {
+        **security(settings),
         "bootstrap_servers": settings.bootstrap,
         "linger_ms": settings.producer_linger_ms,
         "max_batch_size": settings.producer_max_batch_bytes,
@@ -79,6 +102,7 @@ def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
 
 def consumer(settings: Settings, *topics: str, **overrides: object) -> AIOKafkaConsumer:
     options: dict[str, object] = {
+        **security(settings),
         "bootstrap_servers": settings.bootstrap,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

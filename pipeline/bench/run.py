@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
 from pipeline import kafka
 from pipeline.actions.catalogue import Catalogue, with_delay
@@ -73,7 +73,7 @@ def _broker(settings: Settings) -> Iterator[Settings]:
 
 
 async def _create(settings: Settings, topics: dict[str, dict[str, str]], partitions: int = PARTITIONS) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = kafka.admin(settings)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=cfg) for name, cfg in topics.items()])

@@ -9,6 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline import kafka
 from pipeline.settings import Settings
 
 TOPIC_ALREADY_EXISTS = 36
@@ -55,7 +56,7 @@ def load_topics(path: Path) -> dict[str, TopicSpec]:
 
 async def apply_topics(settings: Settings, specs: dict[str, TopicSpec]) -> list[str]:
     """Create missing topics; return drift found on existing ones (empty means all good)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = kafka.admin(settings)
     await admin.start()
     try:
         physical = {settings.topic(n): s for n, s in specs.items()}

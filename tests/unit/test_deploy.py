@@ -22,7 +22,7 @@ needs_promtool = pytest.mark.skipif(
 def test_rules_are_valid_and_the_negative_uplift_alert_fires_on_made_up_series() -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool is missing: .ci/run installs Debian's prometheus package"
-    for args in (["check", "rules", "rules.yml"], ["check", "config", "prometheus.yml"]):
+    for args in (["check", "rules", "rules.yml"], ["check", "config", "prometheus.yml"], ["check", "config", "compose.yml"]):
         check = subprocess.run([promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
     test = subprocess.run([promtool, "test", "rules", "rules_test.yml"], cwd=PROMETHEUS, capture_output=True, text=True)
@@ -47,3 +47,41 @@ def test_rules_use_only_metrics_the_worker_exposes() -> None:
     exprs = [r["expr"] for g in yaml.safe_load((PROMETHEUS / "rules.yml").read_text())["groups"] for r in g["rules"]]
     used = set().union(*(metric_names(e) for e in exprs))
     assert used and used <= exposed_names(), f"not exposed by the worker: {sorted(used - exposed_names())}"
+
+
+DEPLOY = PROJECT_ROOT / "deploy"
+
+
+def _setting_env_names() -> set[str]:
+    from pipeline.settings import ENV_ALIASES, Settings
+
+    return {ENV_ALIASES.get(name, f"OMNI_{name.upper()}") for name in Settings.model_fields}
+
+
+def test_compose_and_kubernetes_name_only_real_settings_and_files() -> None:
+    """Not run here (no Docker engine, no cluster): what they name must at least exist."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    known = _setting_env_names()
+    services = compose["services"]
+    assert {"kafka", "topics", "worker-1", "worker-2", "prometheus", "grafana"} <= set(services)
+    assert "KAFKA_PROCESS_ROLES" in services["kafka"]["environment"]  # KRaft, no ZooKeeper
+    for name, service in services.items():
+        for key in service.get("environment", {}):
+            if name not in ("kafka",):
+                assert key in known, f"{name} sets {key}, which no setting reads"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts {source}, which does not exist"
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "worker.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert {"StatefulSet", "PodDisruptionBudget", "Service", "ConfigMap"} <= set(kinds)
+    for key in kinds["ConfigMap"]["data"]:
+        assert key in known, key
+    sts = kinds["StatefulSet"]["spec"]
+    assert sts["volumeClaimTemplates"][0]["metadata"]["name"] == "state"
+    (container,) = sts["template"]["spec"]["containers"]
+    assert container["resources"]["requests"]["memory"]
+    for env in container["env"]:
+        assert env["name"] == "POD_IP" or env["name"] in known, env["name"]
+    assert "OMNI_STATE_DIR=/var/lib/omni/state" in (DEPLOY / "Dockerfile").read_text()

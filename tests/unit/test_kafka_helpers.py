@@ -20,3 +20,14 @@ def test_known_partitions_of_the_java_client() -> None:
     assert murmur2(b"21") == -973932308 & 0xFFFFFFFF
     assert murmur2(b"foobar") == -790332482 & 0xFFFFFFFF
     assert partition_for(b"customer_id:C1", 4) == (aiokafka_murmur2(b"customer_id:C1") & 0x7FFFFFFF) % 4
+
+
+def test_security_settings_reach_every_client() -> None:
+    from pipeline import kafka
+    from pipeline.settings import Settings
+
+    assert kafka.security(Settings()) == {"security_protocol": "PLAINTEXT"}
+    scram = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="omni", kafka_sasl_password="secret")
+    options = kafka.security(scram)
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512" and options["sasl_plain_username"] == "omni"
+    assert options["ssl_context"] is not None
