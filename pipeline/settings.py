@@ -81,6 +81,9 @@ class Settings(BaseModel):
     # profile is written once per interval, however many events it had) at the price of
     # a longer replay after a crash; outputs never wait for it.
     commit_interval_s: float = Field(5.0, description="how often state, changelog and offsets are checkpointed")
+    fence_keep_s: float = Field(
+        86_400.0, gt=0, description="how long an action found sent after a crash is kept from being sent again"
+    )
     max_uncommitted_keys: int = Field(
         10_000, description="checkpoint early when this many changed keys wait in memory (bounds RSS)"
     )

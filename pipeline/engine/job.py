@@ -53,6 +53,8 @@ class Job(ABC):
     source_topics: dict[str, str]
     #: partitions of every topic the job produces to
     partition_counts: dict[str, int]
+    #: topics whose records must not be sent twice for one decision (pipeline.state.fence)
+    fenced_topics: set[str] = set()
 
     def on_source(
         self, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]

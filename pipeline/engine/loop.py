@@ -17,6 +17,9 @@ Guarantees (at-least-once delivery, idempotent effects):
   offsets. A crash at any point replays records whose effects are either absent
   from state or recognised by the job (the omnichannel job keeps a window of
   event ids per profile).
+* Actions a crash makes the state forget are not sent again when the replay
+  decides them again: each checkpoint stores where the outputs sent after it
+  start, and recovery collects what was sent there (``pipeline.state.fence``).
 * Timers live in state (see ``pipeline.state.partition``) and are durable from
   the first checkpoint after they were scheduled.
 """
@@ -41,6 +44,7 @@ from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
 from pipeline.settings import Settings
 from pipeline.state.changelog import restore
+from pipeline.state.fence import FENCE_KEY, Fence, collect_sent
 from pipeline.state.partition import PartitionState
 from pipeline.state.rocksdb import RocksDBStore
 
@@ -54,6 +58,7 @@ class _Checkpoint:
     outputs: list[tuple[asyncio.Future[Any], int]]  # produced before the snapshot, to be acknowledged
     states: list[PartitionState]
     offsets: dict[TopicPartition, int]  # input positions as of the snapshot
+    fenced_ids: dict[int, dict[str, float]]  # each partition's fence ids as of the snapshot
 
 
 class Engine:
@@ -69,6 +74,7 @@ class Engine:
         self.last_checkpoint = time.monotonic()
         self._building: _Checkpoint | None = None  # snapshot taken, still being encoded
         self._flush_task: asyncio.Task[None] | None = None
+        self._lag_shown: set[TopicPartition] = set()  # partitions with an omni_consumer_lag series
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         # Joins the group with our web address; every member learns who owns which partition.
@@ -213,13 +219,15 @@ class Engine:
         offsets = {tp: off for tp, off in self.next_offsets.items() if tp in assigned}
         self.next_offsets = {}
         outputs, self.in_flight = self.in_flight, []
-        for state in self.state.values():
-            state.index_unfired()
-        states = [state for state in self.state.values() if state.txn]
+        kept_since = time.time() - self.settings.fence_keep_s
+        states = list(self.state.values())  # unchanged ones too: their fence marks may move
         for state in states:
+            state.index_unfired()
             state.txn.snapshot()
+            state.fence.prune(kept_since)
+        fenced_ids = {state.partition: dict(state.fence.ids) for state in states}
         self.last_checkpoint = time.monotonic()
-        self._building = _Checkpoint(outputs, states, offsets)
+        self._building = _Checkpoint(outputs, states, offsets, fenced_ids)
 
     def _encode_checkpoint(self, budget_s: float) -> None:
         """Encode the snapshot for up to ``budget_s``; once it is all encoded, start its flush."""
@@ -233,7 +241,9 @@ class Engine:
                     return
         self._building = None
         taken = [(state, state.txn.taken()) for state in building.states]
-        self._flush_task = asyncio.create_task(self._flush(building.outputs, taken, building.offsets))
+        self._flush_task = asyncio.create_task(
+            self._flush(building.outputs, taken, building.offsets, building.fenced_ids)
+        )
 
     async def drain(self) -> None:
         """Checkpoint everything and wait until it is durable (before a rebalance, at stop)."""
@@ -252,12 +262,24 @@ class Engine:
         outputs: list[tuple[asyncio.Future[Any], int]],
         taken: list[tuple[PartitionState, list[tuple[bytes, bytes | None]]]],
         offsets: dict[TopicPartition, int],
+        fenced_ids: dict[int, dict[str, float]],
     ) -> None:
         started = time.monotonic()
         # 1. Every output is acknowledged before anything that depends on it is made durable:
         #    committing an input offset whose repartitioned event was lost would lose the event.
-        for future, _count in outputs:
-            await future
+        #    Where the fenced outputs end is each partition's new fence mark: whatever is sent
+        #    after the snapshot lands past it.
+        ends: dict[TopicPartition, int] = {}
+        for future, count in outputs:
+            meta = await future
+            if meta.topic in self.job.fenced_topics:
+                ends[TopicPartition(meta.topic, meta.partition)] = meta.offset + count
+        for state, items in taken:
+            state.fence.advance(ends)
+            record = state.fence.encode(fenced_ids[state.partition])
+            if record is not None:
+                items.append((FENCE_KEY, record))  # last: a crash landing part of the checkpoint keeps the old marks
+        taken = [(state, items) for state, items in taken if items]
         # 2. State: changelog first (all partitions in parallel), then RocksDB with the offset.
         #    The other order would leave RocksDB ahead of the changelog, and a new owner of
         #    the partition, restoring from the changelog, would miss those writes.
@@ -277,6 +299,8 @@ class Engine:
             # profiles (10-25 ms measured) no longer stalls every event behind it.
             await asyncio.to_thread(state.store.write, items, offset)
             state.txn.flushed()
+            if items[-1][0] == FENCE_KEY:
+                state.fence.written = items[-1][1]
         # 3. Only now the input offsets: everything before them is durable.
         if offsets:
             try:
@@ -297,15 +321,48 @@ class Engine:
         }
         started = time.monotonic()
         applied = await restore(self.restorer, self.job.changelog_topic, stores)  # type: ignore[arg-type]
+        fences = {p: Fence.load(store) for p, store in stores.items()}
+        sent = await collect_sent(self.restorer, {p: f for p, f in fences.items() if f.written is not None})
+        await self._fence_new(stores, {p: f for p, f in fences.items() if f.written is None})
         self.metrics.restore_seconds.set(time.monotonic() - started)
         for p, store in stores.items():
-            self.state[p] = PartitionState.open(p, store, self.settings.state_cache_keys)
+            self.state[p] = PartitionState.open(p, store, self.settings.state_cache_keys, fences[p])
             self.metrics.state_restored.inc(applied.get(p, 0))
+            self.metrics.fence_found.inc(sent.get(p, 0))
         if partitions:
             log.info(
                 "state partitions %s ready: %d changelog records replayed in %.2fs",
                 partitions, sum(applied.values()), time.monotonic() - started,
             )  # fmt: skip
+        if any(sent.values()):  # the last owner stopped without a checkpoint: a crash
+            log.warning(
+                "state partitions %s: %d actions were sent after their last checkpoint; the replay will not send "
+                "them again", [p for p, n in sent.items() if n], sum(sent.values()),
+            )  # fmt: skip
+
+    async def _fence_new(self, stores: dict[int, RocksDBStore], fences: dict[int, Fence]) -> None:
+        """Give partitions without a fence record one, durably, before they send anything.
+
+        Without it, a crash before their first checkpoint would leave the next owner no
+        marks to read from. The marks are the fenced topics' ends: ListOffsets is enough
+        here, as a low answer (Tansu's) only means a longer read.
+        """
+        if not fences or not self.job.fenced_topics:
+            return
+        tps = [
+            TopicPartition(topic, p) for topic in self.job.fenced_topics for p in range(self.job.partition_counts[topic])
+        ]
+        ends = await self.restorer.end_offsets(tps)
+        for p, fence in fences.items():
+            fence.advance(ends)
+            record = fence.encode({})
+            assert record is not None
+            offset = await kafka.last_offset(
+                await kafka.send_records(self.changelog_producer, self.job.changelog_topic, p, [Record(FENCE_KEY, record)])
+            )
+            assert offset is not None
+            stores[p].write([(FENCE_KEY, record)], offset)
+            fence.written = record
         self._owned_changed()
 
     def _close_partition(self, partition: int) -> None:
@@ -320,11 +377,19 @@ class Engine:
 
     async def _update_lag(self) -> None:
         # Lag from Fetch high watermarks, not ListOffsets: Tansu answers ListOffsets wrongly.
+        readings = {}
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
             if high is not None:
-                position = await self.consumer.position(tp)
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position))
+                readings[tp] = max(0, high - await self.consumer.position(tp))
+        # Set after the awaits, for what is assigned now: a rebalance during them used to leave a
+        # revoked partition's last reading behind, a lag that never went away (seen after a kill).
+        assigned = self.consumer.assignment()
+        for tp in self._lag_shown - assigned:
+            self.metrics.lag.remove(tp.topic, str(tp.partition))
+        self._lag_shown = {tp for tp in readings if tp in assigned}
+        for tp in self._lag_shown:
+            self.metrics.lag.labels(tp.topic, str(tp.partition)).set(readings[tp])
 
 
 async def _let_fetcher_send() -> None:
@@ -354,10 +419,9 @@ class _Rebalance(ConsumerRebalanceListener):
             for tp in revoked:
                 if tp.topic == engine.job.state_topic:
                     engine._close_partition(tp.partition)
-                try:
+                if tp in engine._lag_shown:
+                    engine._lag_shown.discard(tp)
                     engine.metrics.lag.remove(tp.topic, str(tp.partition))
-                except KeyError:
-                    pass  # never had a reading
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         engine = self.engine

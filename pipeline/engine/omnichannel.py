@@ -39,9 +39,10 @@ from pipeline.ops.metrics import Metrics
 from pipeline.measure import ledger
 from pipeline.profiles.census import live_profiles
 from pipeline.ops.topics import (
-    CHANGELOG, MERGES, OUTCOMES, PRIVACY_AUDIT, PRIVACY_REQUESTS, REPARTITION, TopicSpec, load_topics,
+    ACTION_TOPIC_PREFIX, CHANGELOG, MERGES, OUTCOMES, PRIVACY_AUDIT, PRIVACY_REQUESTS, REPARTITION, TopicSpec, load_topics,
 )  # fmt: skip
 from pipeline.settings import Settings
+from pipeline.state.fence import ACTION_ID_HEADER, PARTITION_HEADER
 from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class OmnichannelJob(Job):
         self._produced: list[tuple[str, Message]] = []
         self._merges: list[Message] = []
         self.partition_counts = {settings.topic(name): spec.partitions for name, spec in specs.items()}
+        self.fenced_topics = {settings.topic(name) for name in specs if name.startswith(ACTION_TOPIC_PREFIX)}
         self.latencies: list[float] = []
 
     def on_source(
@@ -186,8 +188,12 @@ class OmnichannelJob(Job):
         self._dead_letter(rec, source, rejection, out)
 
     def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
+        partition = str(state.partition).encode()
         for topic, action in self.processor.fire_due(state, now):
-            out.add(self.settings.topic(topic), action.customer.encode(), orjson.dumps(action.model_dump()))
+            # The headers let a recovery find what was sent for this partition (pipeline.state.fence),
+            # and let senders drop a duplicate without parsing the value.
+            headers = ((ACTION_ID_HEADER, action.action_id.encode()), (PARTITION_HEADER, partition))
+            out.add(self.settings.topic(topic), action.customer.encode(), orjson.dumps(action.model_dump()), headers)
 
     def housekeeping(self, owned: Mapping[int, PartitionState], metrics: Metrics) -> None:
         if self.processor.reload_rules():
@@ -212,6 +218,8 @@ class OmnichannelJob(Job):
         m.add(m.suppressed, t.suppressed)
         if t.duplicates:
             m.duplicates.inc(t.duplicates)
+        if t.fenced:
+            m.fenced.inc(t.fenced)
         if t.outcomes_unmatched:
             m.outcomes_unmatched.inc(t.outcomes_unmatched)
         m.add(m.timer_errors, t.timer_errors)

@@ -46,6 +46,7 @@ class Tallies:
     identifiers_dropped: Counter = field(default_factory=Counter)
     processed: Counter = field(default_factory=Counter)
     duplicates: int = 0
+    fenced: int = 0  # actions decided again after a crash, already sent before it
     actions: Counter = field(default_factory=Counter)
     suppressed: Counter = field(default_factory=Counter)
     outcomes_unmatched: int = 0
@@ -204,13 +205,17 @@ class Processor:
             else:
                 action = outcome.action if isinstance(outcome, HeldOut) else outcome
                 self.plays[action.rule].on_decided(profile, timer, action)
-                if isinstance(outcome, HeldOut):
+                held = isinstance(outcome, HeldOut)
+                self._count_touch(state, action, "holdout" if held else "treated", "held" if held else "sent")
+                if state.fence.ids and state.fence.ids.pop(action.action_id, None) is not None:
+                    # Sent before a crash, after the checkpoint this state came from
+                    # (pipeline.state.fence): recorded again, not sent again.
+                    self.tally.fenced += 1
+                elif held:
                     self.tally.suppressed[(action.rule, "holdout")] += 1
-                    self._count_touch(state, action, "holdout", "held")
                     actions.append((HOLDOUTS, action))
                 else:
                     self.tally.actions[(action.rule, action.channel)] += 1
-                    self._count_touch(state, action, "treated", "sent")
                     actions.append((f"actions.{action.channel}", action))
             state.txn.set(skey, profile)
         return actions

@@ -76,6 +76,9 @@ class Metrics:
         )  # fmt: skip
         self.batch_seconds = Histogram("omni_batch_seconds", "Time to process one polled batch", buckets=LATENCY_BUCKETS, registry=r)
         self.actions = Counter("omni_actions", "Actions emitted", ["rule", "channel"], registry=r)
+        self.fenced = Counter(
+            "omni_actions_fenced", "Actions decided again after a crash, not sent again: they were sent before it", registry=r
+        )
         self.suppressed = Counter("omni_actions_suppressed", "Actions not sent, by reason", ["rule", "reason"], registry=r)
         self.timers_pending = Gauge("omni_timers_pending", "Delayed actions waiting", registry=r)
         self.lag = Gauge("omni_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r)
@@ -84,6 +87,9 @@ class Metrics:
             "omni_checkpoint_seconds", "Time to make state, outputs and offsets durable", buckets=LATENCY_BUCKETS, registry=r
         )
         self.state_restored = Counter("omni_state_restored_records", "Changelog records replayed into local state", registry=r)
+        self.fence_found = Counter(
+            "omni_fence_found_actions", "Actions found sent after the checkpoint a state partition was restored from", registry=r
+        )
         self.restore_seconds = Gauge("omni_state_restore_seconds", "Duration of the last state restore from the changelog", registry=r)
         self.last_processed = Gauge(
             "omni_last_record_processed_timestamp_seconds", "Wall-clock time the worker last processed a batch of records",

@@ -19,6 +19,7 @@ MERGES = "identity.merges"  # every merge and split of profiles, for downstream 
 OUTCOMES = "outcomes"  # what senders report back on actions (delivered, bounced, opened...)
 PRIVACY_REQUESTS = "privacy.requests"  # a person's erasure requests
 PRIVACY_AUDIT = "privacy.audit"  # what each erasure removed (counts and keyed hashes, never the data)
+ACTION_TOPIC_PREFIX = "actions."  # one topic per channel, and the holdouts'
 HOLDOUTS = "actions.holdout"  # would-be actions of customers in a rule's holdout group: recorded, never sent
 
 

@@ -23,14 +23,15 @@ async def produce_all(settings: Settings, records: Iterable[Produced]) -> int:
     producer = kafka.producer(settings)
     await producer.start()
     try:
-        return await _produce(producer, settings, specs, records)
+        return await send_produced(producer, settings, specs, records)
     finally:
         await producer.stop()
 
 
-async def _produce(
+async def send_produced(
     producer: AIOKafkaProducer, settings: Settings, specs: dict[str, TopicSpec], records: Iterable[Produced]
 ) -> int:
+    """Send simulator records, one batch per partition, and wait until the broker has them all."""
     grouped: dict[tuple[str, int], list[Record]] = defaultdict(list)
     count = 0
     for rec in records:
@@ -63,7 +64,7 @@ async def simulate(
             while len(batch) < owed:
                 batch.extend(population.journey(now))
             owed -= len(batch)
-            total += await _produce(producer, settings, specs, batch)
+            total += await send_produced(producer, settings, specs, batch)
             if not quiet and time.monotonic() - last_report >= 10:
                 last_report = time.monotonic()
                 print(f"simulator: {total} records produced", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from pipeline.state.base import TIMER_PREFIX, PartitionTransaction, Store
+from pipeline.state.fence import Fence
 
 
 def timer_key(due: float, key: str, timer_id: str) -> bytes:
@@ -27,10 +28,11 @@ class PartitionState:
     # next emit, nearly always before any checkpoint, and indexing them would write an entry and its
     # deletion to the changelog for nothing; a checkpoint that comes first indexes them (index_unfired).
     unindexed: set[tuple[float, str, str]] = field(default_factory=set)
+    fence: Fence = field(default_factory=Fence)  # outputs sent since the checkpoint this state came from
 
     @classmethod
-    def open(cls, partition: int, store: Store, cache_keys: int = 2_000) -> "PartitionState":
-        state = cls(partition, store, PartitionTransaction(store, cache_keys))
+    def open(cls, partition: int, store: Store, cache_keys: int = 2_000, fence: Fence | None = None) -> "PartitionState":
+        state = cls(partition, store, PartitionTransaction(store, cache_keys), fence=fence or Fence.load(store))
         state.reload_timers()
         return state
 
