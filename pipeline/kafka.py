@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.helpers import create_ssl_context
+
 from pipeline.settings import Settings
 
 Headers = Sequence[tuple[str, bytes]]
@@ -140,3 +142,38 @@ async def last_offset(sent: list[tuple[asyncio.Future, int]]) -> int | None:
         meta = await future
         last = meta.offset + count - 1
     return last
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    starts: dict[TopicPartition, int],
+    out_of_range: Callable[[TopicPartition], Awaitable[None]],
+    poll_ms: int = 100,
+) -> AsyncIterator[tuple[TopicPartition, list]]:  # type: ignore[type-arg]
+    """Read partitions from the given offsets to their *true* end, a batch at a time.
+
+    The end is each Fetch response's high watermark, never ListOffsets alone: Tansu 0.6
+    answers ListOffsets(latest) with the last batch's base offset + 1, which would stop a
+    read early and silently miss records. ``out_of_range`` decides what to do about a
+    partition whose log no longer holds the start offset (it must seek it somewhere).
+    """
+    consumer.assign(list(starts))
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    pending = set(starts)
+    while pending:
+        try:
+            batches = await consumer.getmany(*pending, timeout_ms=poll_ms)
+        except OffsetOutOfRangeError as exc:
+            for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending:
+                await out_of_range(tp)
+            continue
+        for tp, records in batches.items():
+            yield tp, records
+        for tp in list(pending):
+            high = consumer.highwater(tp)
+            # Done at the high watermark or past it (a store ahead of its changelog is not
+            # rebuilt: on a cluster, a new leader's high watermark can lag for a moment).
+            if high is not None and await consumer.position(tp) >= high:
+                pending.discard(tp)
+    consumer.unsubscribe()

@@ -339,6 +339,7 @@ class Engine:
                 "state partitions %s: %d actions were sent after their last checkpoint; the replay will not send "
                 "them again", [p for p, n in sent.items() if n], sum(sent.values()),
             )  # fmt: skip
+        self._owned_changed()
 
     async def _fence_new(self, stores: dict[int, RocksDBStore], fences: dict[int, Fence]) -> None:
         """Give partitions without a fence record one, durably, before they send anything.
@@ -363,7 +364,6 @@ class Engine:
             assert offset is not None
             stores[p].write([(FENCE_KEY, record)], offset)
             fence.written = record
-        self._owned_changed()
 
     def _close_partition(self, partition: int) -> None:
         state = self.state.pop(partition, None)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
 
+from pipeline import kafka
 from pipeline.state.base import Store
 
 log = logging.getLogger(__name__)
@@ -37,35 +37,18 @@ async def restore(
             store.wipe()
         store.bind(topic)
     tps = {TopicPartition(topic, p): p for p in stores}
-    consumer.assign(list(tps))
-    for tp, p in tps.items():
-        consumer.seek(tp, stores[p].changelog_offset() + 1)
+
+    async def start_over(tp: TopicPartition) -> None:
+        # The log no longer holds what our store says it applied: the broker lost its data
+        # (an in-memory broker restarted). Our store is from a world that is gone; start
+        # over from the log as it is.
+        log.warning("changelog %s is behind the local store; rebuilding it from the log", tp)
+        stores[tps[tp]].wipe()
+        consumer.seek(tp, 0)
+
     applied = dict.fromkeys(stores, 0)
-    pending = set(tps)
-    while pending:
-        try:
-            batches = await consumer.getmany(*pending, timeout_ms=poll_ms)
-        except OffsetOutOfRangeError as exc:
-            # The log no longer holds what our store says it applied: the broker
-            # lost its data (an in-memory broker restarted). Our store is from a
-            # world that is gone; start over from the log as it is.
-            for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending:
-                log.warning("changelog %s is behind the local store; rebuilding it from the log", tp)
-                stores[tps[tp]].wipe()
-                consumer.seek(tp, 0)
-            continue
-        for tp, records in batches.items():
-            items = [(r.key, r.value) for r in records]
-            stores[tps[tp]].write(items, records[-1].offset)
-            applied[tps[tp]] += len(items)
-        for tp in list(pending):
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
-            position = await consumer.position(tp)
-            if position >= high:
-                # Not wiped when ahead: on a cluster, a new leader's high watermark can lag for a
-                # moment, and rebuilding to it would drop state the changelog does hold.
-                pending.discard(tp)
-    consumer.unsubscribe()
+    starts = {tp: stores[p].changelog_offset() + 1 for tp, p in tps.items()}
+    async for tp, records in kafka.read_to_end(consumer, starts, start_over, poll_ms):
+        stores[tps[tp]].write([(r.key, r.value) for r in records], records[-1].offset)
+        applied[tps[tp]] += len(records)
     return applied

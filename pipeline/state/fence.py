@@ -25,17 +25,14 @@ state was restored from; deciding one again records the decision in the profile
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
 
+from pipeline import kafka
 from pipeline.state.base import Store
-
-log = logging.getLogger(__name__)
 
 FENCE_KEY = b"__output_fence__"
 ACTION_ID_HEADER = "action_id"
@@ -53,7 +50,7 @@ class Fence:
     written: bytes | None = None  # the record as last stored
 
     @classmethod
-    def load(cls, store: Store) -> "Fence":
+    def load(cls, store: Store) -> Fence:
         raw = store.get(FENCE_KEY)
         if raw is None:
             return cls()
@@ -97,32 +94,19 @@ async def collect_sent(
     found = dict.fromkeys(fences, 0)
     if not starts:
         return found
-    consumer.assign(list(starts))
-    for tp, start in starts.items():
-        consumer.seek(tp, start)
-    pending = set(starts)
-    while pending:
-        try:
-            batches = await consumer.getmany(*pending, timeout_ms=poll_ms)
-        except OffsetOutOfRangeError as exc:
-            # Retention removed records past a mark: what is left starts later; read all of it.
-            for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending:
-                await consumer.seek_to_beginning(tp)
-            continue
-        for tp, records in batches.items():
-            for rec in records:
-                headers = dict(rec.headers or ())
-                raw_partition = headers.get(PARTITION_HEADER)
-                action_id = headers.get(ACTION_ID_HEADER)
-                if raw_partition is None or action_id is None:
-                    continue
-                owner = fences.get(int(raw_partition))
-                if owner is not None and rec.offset >= owner.marks.get(tp, 0):
-                    owner.ids[action_id.decode()] = rec.timestamp / 1000
-                    found[int(raw_partition)] += 1
-        for tp in list(pending):
-            high = consumer.highwater(tp)
-            if high is not None and await consumer.position(tp) >= high:
-                pending.discard(tp)
-    consumer.unsubscribe()
+
+    async def from_the_start(tp: TopicPartition) -> None:
+        await consumer.seek_to_beginning(tp)  # retention removed records past a mark: read what is left
+
+    async for tp, records in kafka.read_to_end(consumer, starts, from_the_start, poll_ms):
+        for rec in records:
+            headers = dict(rec.headers or ())
+            raw_partition = headers.get(PARTITION_HEADER)
+            action_id = headers.get(ACTION_ID_HEADER)
+            if raw_partition is None or action_id is None:
+                continue
+            owner = fences.get(int(raw_partition))
+            if owner is not None and rec.offset >= owner.marks.get(tp, 0):
+                owner.ids[action_id.decode()] = rec.timestamp / 1000
+                found[int(raw_partition)] += 1
     return found

@@ -68,9 +68,11 @@ def test_kill_restart_and_graceful_stop_lose_nothing_and_send_nothing_twice(sett
 
     disturbed = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "crash."})
     asyncio.run(create_topics(disturbed))
-    start = lambda n: WorkerProcess.start(  # noqa: E731
-        disturbed.model_copy(update={"state_dir": tmp_path / f"state-{n}"}), tmp_path / f"worker-{n}.log", catalogue
-    )
+
+    def start(n: int) -> WorkerProcess:
+        state = disturbed.model_copy(update={"state_dir": tmp_path / f"state-{n}"})
+        return WorkerProcess.start(state, tmp_path / f"worker-{n}.log", catalogue)
+
     workers = [start(n) for n in range(3)]
     try:
         wait_ready(workers, PARTITIONS)

@@ -78,7 +78,7 @@ async def test_erasure_leaves_nothing_of_the_person_and_a_replay_does_not_bring_
     try:
         wait_until(lambda: replayed.metrics().get("omni_erased_messages_dropped_total", 0) >= len(anna_events(then)), 60,
                    "the replayed events to be dropped")  # fmt: skip
-        time.sleep(4 * settings.commit_interval_s)  # anything they led to is checkpointed by now
+        await asyncio.sleep(4 * settings.commit_interval_s)  # anything they led to is checkpointed by now
         for kind, value in ANNA_IDS.items():
             status, _ = get(replayed, f"{kind}={urllib.parse.quote(value)}")
             assert status == 404, (kind, status)
