@@ -154,7 +154,7 @@ def cmd_measure(args: argparse.Namespace) -> None:
 def cmd_soak(args: argparse.Namespace) -> None:
     from pipeline.ops.soak import soak
 
-    result = soak(args.rate, args.minutes, args.customers)
+    result = soak(args.rate, args.minutes, args.customers, batch_ms=args.batch_ms)
     if args.out:
         Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(f"RSS growth (last third over middle third) {result['rss_growth']}, worst lag in the last third "
@@ -184,7 +184,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     population = Population(Catalogue.load(settings.catalogue_file), args.customers, args.seed, args.bad_rate)
 
     async def main() -> int:
-        task = asyncio.create_task(simulate(settings, population, args.rate, args.duration))
+        task = asyncio.create_task(simulate(settings, population, args.rate, args.duration, tick=args.batch_ms / 1000))
         stopper = asyncio.create_task(_until_signal())
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         task.cancel()
@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="seconds; default runs until stopped")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--bad-rate", type=float, default=0.0, help="share of deliberately broken records")
+    p.add_argument("--batch-ms", type=float, default=50.0, help="one batch per partition this often")
     p.add_argument("--catalogue", help="'default', 'demo' or a YAML path")
     p.set_defaults(func=cmd_simulate)
 
@@ -371,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=3000.0, help="events a second")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--customers", type=int, default=20_000)
+    p.add_argument("--batch-ms", type=float, default=50.0, help="the simulator sends one batch per partition this often")
     p.add_argument("--out", default=None, help="JSON with the samples")
     p.set_defaults(func=cmd_soak)
 

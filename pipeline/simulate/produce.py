@@ -47,13 +47,22 @@ async def send_produced(
 
 
 async def simulate(
-    settings: Settings, population: Population, rate: float, duration_s: float | None, quiet: bool = False
+    settings: Settings,
+    population: Population,
+    rate: float,
+    duration_s: float | None,
+    quiet: bool = False,
+    tick: float = 0.05,
 ) -> int:
-    """Produce about ``rate`` records a second until ``duration_s`` passes (forever if None)."""
+    """Produce about ``rate`` records a second until ``duration_s`` passes (forever if None).
+
+    Every ``tick`` seconds one batch goes to each partition. Channel systems batch too (a producer's
+    linger); short ticks make more, smaller batches, which costs a broker that holds batches as objects
+    (Tansu's memory storage lists them all on each fetch) more than it costs us.
+    """
     specs = load_topics(settings.topics_file)
     producer = kafka.producer(settings)
     await producer.start()
-    tick = 0.05
     total, started, owed = 0, time.monotonic(), 0.0
     last_report = started
     try:
