@@ -37,7 +37,7 @@ measure-eval: $(STAMP)
 
 ## Ten minutes of steady load on one worker; memory and lag sampled every 10 s into bench/soak.json.
 soak: $(STAMP)
-	$(BIN)/omni soak --rate 3000 --minutes 10 --customers 2000 --batch-ms 500 --out bench/soak.json
+	$(BIN)/omni soak --rate 5000 --minutes 10 --customers 2000 --out bench/soak.json
 
 ## Regenerate schemas/ from the pydantic models.
 schemas: $(STAMP)

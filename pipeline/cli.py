@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=3000.0, help="events a second")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--customers", type=int, default=20_000)
-    p.add_argument("--batch-ms", type=float, default=50.0, help="the simulator sends one batch per partition this often")
+    p.add_argument("--batch-ms", type=float, default=500.0, help="the simulator sends one batch per partition this often")
     p.add_argument("--out", default=None, help="JSON with the samples")
     p.set_defaults(func=cmd_soak)
 

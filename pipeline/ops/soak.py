@@ -48,7 +48,7 @@ def soak_rules(folder: Path) -> Path:
 
 
 def soak(
-    rate: float, minutes: float, customers: int = 20_000, batch_ms: float = 50.0, log: Callable[[str], None] = print
+    rate: float, minutes: float, customers: int = 20_000, batch_ms: float = 500.0, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     seconds = minutes * 60
     with EmbeddedBroker(Settings.from_env()) as broker, tempfile.TemporaryDirectory() as tmp_name:
