@@ -45,6 +45,14 @@ def _need_bootstrap(settings: Settings) -> Settings:
     return settings
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a number above zero (a batch every 0 ms would divide by zero)."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above zero")
+    return value
+
+
 def _catalogue_path(name: str | None) -> Path | None:
     if name is None:
         return None
@@ -314,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=None, help="seconds; default runs until stopped")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--bad-rate", type=float, default=0.0, help="share of deliberately broken records")
-    p.add_argument("--batch-ms", type=float, default=50.0, help="one batch per partition this often")
+    p.add_argument("--batch-ms", type=_positive, default=50.0, help="one batch per partition this often")
     p.add_argument("--catalogue", help="'default', 'demo' or a YAML path")
     p.set_defaults(func=cmd_simulate)
 
@@ -372,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=3000.0, help="events a second")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--customers", type=int, default=20_000)
-    p.add_argument("--batch-ms", type=float, default=500.0, help="the simulator sends one batch per partition this often")
+    p.add_argument("--batch-ms", type=_positive, default=500.0, help="the simulator sends one batch per partition this often")
     p.add_argument("--out", default=None, help="JSON with the samples")
     p.set_defaults(func=cmd_soak)
 

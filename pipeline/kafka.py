@@ -161,19 +161,21 @@ async def read_to_end(
     for tp, offset in starts.items():
         consumer.seek(tp, offset)
     pending = set(starts)
-    while pending:
-        try:
-            batches = await consumer.getmany(*pending, timeout_ms=poll_ms)
-        except OffsetOutOfRangeError as exc:
-            for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending:
-                await out_of_range(tp)
-            continue
-        for tp, records in batches.items():
-            yield tp, records
-        for tp in list(pending):
-            high = consumer.highwater(tp)
-            # Done at the high watermark or past it (a store ahead of its changelog is not
-            # rebuilt: on a cluster, a new leader's high watermark can lag for a moment).
-            if high is not None and await consumer.position(tp) >= high:
-                pending.discard(tp)
-    consumer.unsubscribe()
+    try:
+        while pending:
+            try:
+                batches = await consumer.getmany(*pending, timeout_ms=poll_ms)
+            except OffsetOutOfRangeError as exc:
+                for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending:
+                    await out_of_range(tp)
+                continue
+            for tp, records in batches.items():
+                yield tp, records
+            for tp in list(pending):
+                high = consumer.highwater(tp)
+                # Done at the high watermark or past it (a store ahead of its changelog is not
+                # rebuilt: on a cluster, a new leader's high watermark can lag for a moment).
+                if high is not None and await consumer.position(tp) >= high:
+                    pending.discard(tp)
+    finally:
+        consumer.unsubscribe()

@@ -54,7 +54,7 @@ class Job(ABC):
     #: partitions of every topic the job produces to
     partition_counts: dict[str, int]
     #: topics whose records must not be sent twice for one decision (pipeline.state.fence)
-    fenced_topics: set[str] = set()
+    fenced_topics: frozenset[str] = frozenset()
 
     def on_source(
         self, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]

@@ -378,17 +378,23 @@ class Engine:
     async def _update_lag(self) -> None:
         # Lag from Fetch high watermarks, not ListOffsets: Tansu answers ListOffsets wrongly.
         readings = {}
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            if high is not None:
+        for tp in list(self.consumer.assignment()):
+            # A rebalance can revoke partitions during the awaits: asking about one then raises
+            # (highwater asserts, position raises IllegalStateError), and that would stop the worker.
+            if tp not in self.consumer.assignment() or (high := self.consumer.highwater(tp)) is None:
+                continue
+            try:
                 readings[tp] = max(0, high - await self.consumer.position(tp))
+            except IllegalStateError:
+                continue
         # Set after the awaits, for what is assigned now: a rebalance during them used to leave a
         # revoked partition's last reading behind, a lag that never went away (seen after a kill).
         assigned = self.consumer.assignment()
-        for tp in self._lag_shown - assigned:
+        shown = {tp for tp in readings if tp in assigned}
+        for tp in self._lag_shown - shown:
             self.metrics.lag.remove(tp.topic, str(tp.partition))
-        self._lag_shown = {tp for tp in readings if tp in assigned}
-        for tp in self._lag_shown:
+        self._lag_shown = shown
+        for tp in shown:
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(readings[tp])
 
 

@@ -63,7 +63,7 @@ class OmnichannelJob(Job):
         self._produced: list[tuple[str, Message]] = []
         self._merges: list[Message] = []
         self.partition_counts = {settings.topic(name): spec.partitions for name, spec in specs.items()}
-        self.fenced_topics = {settings.topic(name) for name in specs if name.startswith(ACTION_TOPIC_PREFIX)}
+        self.fenced_topics = frozenset(settings.topic(name) for name in specs if name.startswith(ACTION_TOPIC_PREFIX))
         self.latencies: list[float] = []
 
     def on_source(

@@ -90,7 +90,11 @@ class Metrics:
         self.fence_found = Counter(
             "omni_fence_found_actions", "Actions found sent after the checkpoint a state partition was restored from", registry=r
         )
-        self.restore_seconds = Gauge("omni_state_restore_seconds", "Duration of the last state restore from the changelog", registry=r)
+        self.restore_seconds = Gauge(
+            "omni_state_restore_seconds",
+            "Duration of the last state restore: the changelog read to its end and the output fence's scan",
+            registry=r,
+        )
         self.last_processed = Gauge(
             "omni_last_record_processed_timestamp_seconds", "Wall-clock time the worker last processed a batch of records",
             registry=r,

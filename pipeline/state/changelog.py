@@ -44,7 +44,7 @@ async def restore(
         # over from the log as it is.
         log.warning("changelog %s is behind the local store; rebuilding it from the log", tp)
         stores[tps[tp]].wipe()
-        consumer.seek(tp, 0)
+        await consumer.seek_to_beginning(tp)  # not offset 0: retention may have removed the log's head
 
     applied = dict.fromkeys(stores, 0)
     starts = {tp: stores[p].changelog_offset() + 1 for tp, p in tps.items()}
