@@ -97,7 +97,8 @@ def test_kill_restart_and_graceful_stop_lose_nothing_and_send_nothing_twice(sett
         for w in workers:
             assert w.stop() in (0, -signal.SIGKILL), w.log.read_text()[-3000:]
 
-    clean_profiles, crash_profiles = _profiles(clean), _profiles(disturbed)
+    disturbed_live = _live_profiles(disturbed)
+    clean_profiles, crash_profiles = _profiles(_live_profiles(clean)), _profiles(disturbed_live)
     assert len(clean_profiles) > 300
     differences = _differences(crash_profiles, clean_profiles)
     assert differences == [], "\n".join(differences[:20])
@@ -116,7 +117,7 @@ def test_kill_restart_and_graceful_stop_lose_nothing_and_send_nothing_twice(sett
     assert [c for c, n in causes.items() if n > 1] == []
     # Nor is one lost: every action a profile records as decided (sent, held out, or fenced as sent
     # before the crash) is on an action topic. A fence that took an unsent action for a sent one fails here.
-    recorded = {aid for p in _live_profiles(disturbed).values() for aid in p["actions"]}
+    recorded = {aid for p in disturbed_live.values() for aid in p["actions"]}
     missing = recorded - ids.keys()
     assert not missing, f"{len(missing)} decided actions on no action topic: {sorted(missing)[:5]}"
     print(f"\ncrash run: {len(records)} records, {len(crash_profiles)} profiles, {len(ids)} actions; "
@@ -209,8 +210,8 @@ def _live_profiles(settings: Settings) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _profiles(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Every live profile, reduced to what the events put in it.
+def _profiles(live: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Live profiles (from :func:`_live_profiles`) reduced to what the events put in them.
 
     Left out: timers, actions and waiting lists, which depend on wall-clock time and on the order
     in which different topics' records met; the merge history, for the same reason (a cookie seen
@@ -218,7 +219,7 @@ def _profiles(settings: Settings) -> dict[str, dict[str, Any]]:
     event-id window's order (arrival order).
     """
     out = {}
-    for pid, p in _live_profiles(settings).items():
+    for pid, p in live.items():
         seen = p["seen_events"]
         out[pid] = {
             "identifiers": {k: sorted(v) for k, v in p["identifiers"].items()},
