@@ -95,11 +95,10 @@ def cmd_topics(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from faust.worker import Worker
 
     from pipeline.actions.catalogue import Catalogue
     from pipeline.actions.rules import RulesCatalogue, RulesError
-    from pipeline.engine.app import create_app
+    from pipeline.engine.app import QuietWorker, create_app
 
     settings = _need_bootstrap(
         _settings(
@@ -114,7 +113,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     catalogue = Catalogue.load(settings.catalogue_file)
     app = create_app(settings, catalogue)
     print(f"metrics: http://{settings.web_host}:{settings.web_port}/metrics", flush=True)
-    Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    QuietWorker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
 def cmd_send(args: argparse.Namespace) -> None:
