@@ -30,11 +30,14 @@ class Store(ABC):
     def get(self, key: bytes) -> bytes | None: ...
 
     @abstractmethod
-    def write(self, items: list[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
+    def write(self, items: list[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
         """Apply puts (value) and deletes (None) and the offset atomically.
 
-        The engine calls this from a worker thread while the loop goes on reading
-        the store: a store must allow reads during a write.
+        ``None`` leaves the offset where it was: the engine writes a checkpoint in
+        slices, the last one carrying the offset. A crash between slices leaves the
+        store ahead of the offset it claims, which recovery repairs by applying the
+        changelog from that offset on (the changelog holds the whole checkpoint
+        before the first slice is written).
         """
 
     @abstractmethod

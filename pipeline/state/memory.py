@@ -16,13 +16,14 @@ class MemoryStore(Store):
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
 
-    def write(self, items: list[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
+    def write(self, items: list[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
         for key, value in items:
             if value is None:
                 self._data.pop(key, None)
             else:
                 self._data[key] = value
-        self._offset = changelog_offset
+        if changelog_offset is not None:
+            self._offset = changelog_offset
 
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key in sorted(k for k in self._data if k.startswith(prefix)):

@@ -35,14 +35,15 @@ class RocksDBStore(Store):
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
-    def write(self, items: list[tuple[bytes, bytes | None]], changelog_offset: int) -> None:
+    def write(self, items: list[tuple[bytes, bytes | None]], changelog_offset: int | None) -> None:
         batch = WriteBatch(raw_mode=True)
         for key, value in items:
             if value is None:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        batch.put(OFFSET_KEY, str(changelog_offset).encode())
+        if changelog_offset is not None:
+            batch.put(OFFSET_KEY, str(changelog_offset).encode())
         self._db.write(batch)
 
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:

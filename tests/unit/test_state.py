@@ -112,3 +112,29 @@ def test_overdue_counts_only_timers_past_the_limit() -> None:
     for i in range(7):
         state.schedule(now - 60 - i, f"customer_id:L{i}", "late")
     assert state.overdue(now - 5) == 7 and state.overdue(now + 1000) == 57
+
+
+def test_a_checkpoint_written_in_slices_moves_the_offset_only_with_its_last_slice(tmp_path: Path) -> None:
+    import asyncio
+
+    from pipeline.engine.loop import WRITE_SLICE_BYTES, _write_in_slices
+
+    store = RocksDBStore(tmp_path / "db")
+    store.write([(b"a", b"old")], 7)
+    state = PartitionState.open(0, store)
+    items: list[tuple[bytes, bytes | None]] = [(f"k{i}".encode(), b"x" * (WRITE_SLICE_BYTES // 3)) for i in range(10)]
+    items.append((b"a", None))
+    seen: list[int] = []
+    real_write = store.write
+
+    def spy(part: list[tuple[bytes, bytes | None]], offset: int | None) -> None:
+        real_write(part, offset)
+        seen.append(store.changelog_offset())
+
+    store.write = spy  # type: ignore[method-assign]
+    asyncio.run(_write_in_slices(state, items, 42))
+    assert len(seen) > 1  # it was sliced
+    assert seen[:-1] == [7] * (len(seen) - 1)  # a crash between slices finds the old offset: recovery re-reads them
+    assert seen[-1] == 42
+    assert store.get(b"a") is None and store.get(b"k9") == b"x" * (WRITE_SLICE_BYTES // 3)
+    store.close()
