@@ -258,8 +258,10 @@ def _paced_batches(settings: Settings, catalogue: Catalogue, rate: float, second
     return paced
 
 
-async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, seconds: float, floor: bool) -> list[float]:
-    """Send paced traffic; return, for each durable purchase, send to action received.
+async def _latency_run(
+    settings: Settings, catalogue: Catalogue, rate: float, seconds: float, floor: bool
+) -> tuple[list[float], int]:
+    """Send paced traffic; return, for each durable purchase, send to action received, and how many events were sent.
 
     With ``floor``, no worker runs and the purchase itself is read back from its input
     topic: one trip through the broker at the same rate and batching, the least any
@@ -309,7 +311,7 @@ async def _latency_run(settings: Settings, catalogue: Catalogue, rate: float, se
         reader.cancel()
         await producer.stop()
         await consumer.stop()
-    return latencies
+    return latencies, sum(len(recs) for batch in paced for recs in batch.records.values())
 
 
 def _percentiles(latencies: list[float]) -> Figures:
@@ -331,12 +333,19 @@ def _latency(base: Settings, rate: float, tmp: Path, seconds: float = 15.0) -> F
     worker = WorkerProcess.start(settings, tmp / "latency-worker.log", catalogue=catalogue_path)
     try:
         wait_ready([worker], load_topics(settings.topics_file)[REPARTITION].partitions)
-        figures = {"rate": round(rate), **_percentiles(asyncio.run(_latency_run(settings, catalogue, rate, seconds, floor=False)))}
+        cpu_before, started = worker.cpu_seconds(), time.monotonic()
+        latencies, events = asyncio.run(_latency_run(settings, catalogue, rate, seconds, floor=False))
+        cpu_after, elapsed = worker.cpu_seconds(), time.monotonic() - started
+        figures = {"rate": round(rate), **_percentiles(latencies)}
+        if cpu_before is not None and cpu_after is not None:
+            # How full the worker was: near one core, queues form and the tail is theirs, whatever the code does.
+            figures["worker_cores"] = round((cpu_after - cpu_before) / elapsed, 2)
+            figures["worker_us_per_event"] = round((cpu_after - cpu_before) / events * 1e6, 1)
     finally:
         worker.stop()
     floor = settings.model_copy(update={"topic_prefix": f"floor-{uuid.uuid4().hex[:6]}."})
     asyncio.run(apply_topics(floor, load_topics(floor.topics_file)))
-    figures["broker_floor"] = _percentiles(asyncio.run(_latency_run(floor, catalogue, rate, seconds, floor=True)))
+    figures["broker_floor"] = _percentiles(asyncio.run(_latency_run(floor, catalogue, rate, seconds, floor=True))[0])
     return figures
 
 
@@ -510,6 +519,11 @@ def render(f: Figures) -> str:
         f"| ingest-to-action latency at {lat['rate']:,} events/s (half the 1-worker maximum) | "
         f"p50 {lat.get('p50_ms')} ms, p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms ({lat['actions']:,} actions) |",
     ]
+    if "worker_cores" in lat:
+        lines.append(
+            f"| the worker's CPU during that run (the broker and the load generator run beside it) | "
+            f"{lat['worker_cores']} of a core, {lat['worker_us_per_event']} us an event |"
+        )
     if "broker_floor" in lat:
         b = lat["broker_floor"]
         lines.append(
