@@ -95,7 +95,6 @@ def cmd_topics(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-
     from pipeline.actions.catalogue import Catalogue
     from pipeline.actions.rules import RulesCatalogue, RulesError
     from pipeline.engine.app import QuietWorker, create_app

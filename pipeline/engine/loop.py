@@ -43,6 +43,7 @@ from pipeline.engine.routing import RoutingAssignor
 from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
 from pipeline.settings import Settings
+from pipeline.state.base import Store
 from pipeline.state.changelog import restore
 from pipeline.state.fence import FENCE_KEY, Fence, collect_sent
 from pipeline.state.partition import PartitionState
@@ -296,7 +297,7 @@ class Engine:
         for state, items, sent in pending:
             offset = await kafka.last_offset(sent)
             assert offset is not None
-            await _write_in_slices(state, items, offset)
+            await _write_in_slices(state.store, items, offset)
             state.txn.flushed()
             if items[-1][0] == FENCE_KEY:
                 state.fence.written = items[-1][1]
@@ -397,7 +398,7 @@ class Engine:
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(readings[tp])
 
 
-async def _write_in_slices(state: PartitionState, items: list[tuple[bytes, bytes | None]], offset: int) -> None:
+async def _write_in_slices(store: Store, items: list[tuple[bytes, bytes | None]], offset: int) -> None:
     """Write a checkpoint's items to the store a slice at a time, yielding to the loop between slices.
 
     rocksdict holds the GIL for the whole of a write, and copies each value into its batch
@@ -410,7 +411,7 @@ async def _write_in_slices(state: PartitionState, items: list[tuple[bytes, bytes
     for end, (_, value) in enumerate(items, 1):
         size += len(value) if value is not None else 0
         if size >= WRITE_SLICE_BYTES or end == len(items):
-            state.store.write(items[start:end], offset if end == len(items) else None)
+            store.write(items[start:end], offset if end == len(items) else None)
             start, size = end, 0
             await asyncio.sleep(0)
 

@@ -121,7 +121,6 @@ def test_a_checkpoint_written_in_slices_moves_the_offset_only_with_its_last_slic
 
     store = RocksDBStore(tmp_path / "db")
     store.write([(b"a", b"old")], 7)
-    state = PartitionState.open(0, store)
     items: list[tuple[bytes, bytes | None]] = [(f"k{i}".encode(), b"x" * (WRITE_SLICE_BYTES // 3)) for i in range(10)]
     items.append((b"a", None))
     seen: list[int] = []
@@ -132,7 +131,7 @@ def test_a_checkpoint_written_in_slices_moves_the_offset_only_with_its_last_slic
         seen.append(store.changelog_offset())
 
     store.write = spy  # type: ignore[method-assign]
-    asyncio.run(_write_in_slices(state, items, 42))
+    asyncio.run(_write_in_slices(store, items, 42))
     assert len(seen) > 1  # it was sliced
     assert seen[:-1] == [7] * (len(seen) - 1)  # a crash between slices finds the old offset: recovery re-reads them
     assert seen[-1] == 42
