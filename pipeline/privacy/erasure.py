@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
 from typing import Any
 
+from pipeline.state.base import ERASURE_PREFIX
 from pipeline.state.partition import PartitionState
 
-MARKER_PREFIX = b"e|"
+MARKER_PREFIX = ERASURE_PREFIX
 
 
 def subject_hash(salt: str, identifier: str) -> str:
     """A keyed hash of an identifier (``email:anna@example.dk``): the same in every worker, not reversible without the salt."""
-    return hmac.new(salt.encode(), identifier.encode(), hashlib.sha256).hexdigest()[:32]
+    keyed = _keyed(salt).copy()
+    keyed.update(identifier.encode())
+    return keyed.hexdigest()[:32]
+
+
+@lru_cache(maxsize=4)
+def _keyed(salt: str) -> hmac.HMAC:
+    """The HMAC with its key already mixed in: every new customer is checked, and keying it anew cost more than the hash."""
+    return hmac.new(salt.encode(), digestmod=hashlib.sha256)
 
 
 def marker_key(salt: str, identifier: str) -> bytes:
@@ -31,6 +41,7 @@ def marker_key(salt: str, identifier: str) -> bytes:
 def mark_erased(state: PartitionState, salt: str, identifier: str, at: float) -> None:
     """Remember that ``identifier`` was erased at ``at`` (a later erasure moves the time on)."""
     key = marker_key(salt, identifier)
+    state.erasures = True
     before = state.txn.get(key)
     if before is None or before["at"] < at:
         state.txn.set(key, {"at": at})
@@ -38,6 +49,8 @@ def mark_erased(state: PartitionState, salt: str, identifier: str, at: float) ->
 
 def erased_at(state: PartitionState, salt: str, identifier: str) -> float | None:
     """When ``identifier`` was erased, if it was (read in the partition that owns it)."""
+    if not state.erasures:
+        return None
     marker: dict[str, Any] | None = state.txn.get(marker_key(salt, identifier))
     return None if marker is None else float(marker["at"])
 

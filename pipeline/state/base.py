@@ -19,6 +19,7 @@ import orjson
 DELETED: Any = object()
 TIMER_PREFIX = b"t:"
 IDENTIFIER_PREFIX = b"i|"  # identity-graph entries (pipeline.identity.protocol)
+ERASURE_PREFIX = b"e|"  # markers of erased identifiers (pipeline.privacy.erasure)
 OFFSET_KEY = b"__changelog_offset__"
 TOPIC_KEY = b"__changelog_topic__"
 

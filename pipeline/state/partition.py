@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pipeline.state.base import TIMER_PREFIX, PartitionTransaction, Store
+from pipeline.state.base import ERASURE_PREFIX, TIMER_PREFIX, PartitionTransaction, Store
 from pipeline.state.fence import Fence
 
 
@@ -29,11 +29,15 @@ class PartitionState:
     # deletion to the changelog for nothing; a checkpoint that comes first indexes them (index_unfired).
     unindexed: set[tuple[float, str, str]] = field(default_factory=set)
     fence: Fence = field(default_factory=Fence)  # outputs sent since the checkpoint this state came from
+    # Whether any identifier of this partition was ever erased. Until one is, a new customer
+    # needs no lookup among the markers: a keyed hash and a store miss each, saved.
+    erasures: bool = False
 
     @classmethod
     def open(cls, partition: int, store: Store, cache_keys: int = 2_000, fence: Fence | None = None) -> "PartitionState":
         state = cls(partition, store, PartitionTransaction(store, cache_keys), fence=fence or Fence.load(store))
         state.reload_timers()
+        state.erasures = next(iter(store.items(ERASURE_PREFIX)), None) is not None
         return state
 
     def reload_timers(self) -> None:

@@ -11,6 +11,7 @@ import pytest
 from pipeline.identity.protocol import is_tombstone
 from pipeline.privacy.erasure import MARKER_PREFIX, subject_hash
 from pipeline.state.base import DELETED
+from pipeline.state.partition import PartitionState
 from tests.helpers import event
 from tests.unit.test_identity_protocol import SOURCE, Cluster
 
@@ -111,6 +112,21 @@ def test_a_replay_of_old_events_does_not_bring_the_person_back_but_a_new_visit_s
     live = cluster.check_consistent()
     assert live["email:anna@example.dk"]["counters"] == {"login": 1}
     assert live["email:anna@example.dk"]["identifiers"] == {"email": ["anna@example.dk"], "cookie_id": ["ck-new"]}
+
+
+def test_a_restarted_worker_still_knows_who_was_erased() -> None:
+    """The markers are found in the store a partition reopens over, not only by the process that wrote them."""
+    cluster = shop()
+    erase(cluster, "email:anna@example.dk")
+    for p, state in cluster.states.items():  # checkpointed, then the worker restarts over its stores
+        state.store.write(state.txn.take(), 0)
+        cluster.states[p] = PartitionState.open(p, state.store)
+    assert any(state.erasures for state in cluster.states.values())
+    assert not all(state.erasures for state in cluster.states.values())  # seven markers, eight partitions
+    for e in anna_events(time.time() - 60):
+        cluster.inject(e)
+        cluster.settle()
+    assert traces_of_anna(cluster) == []
 
 
 def test_an_old_event_cannot_link_an_erased_identifier_to_another_profile() -> None:
