@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 ActionChannel = Literal["email", "sms", "push", "web", "callcenter", "store"]
@@ -29,6 +30,14 @@ class Action(BaseModel):
     address: str | None = Field(None, description="where to deliver: e-mail address, phone or device")
     created_at: float = Field(description="unix seconds when the action was decided")
     due_at: float | None = Field(None, description="unix seconds it was scheduled for, for delayed actions")
+
+    def to_json(self) -> bytes:
+        """The record value senders read: the fields as validated, in declaration order.
+
+        A validated model's ``__dict__`` holds plain JSON types already; ``model_dump``
+        would copy them all first, at five times the cost, for every action sent.
+        """
+        return orjson.dumps(self.__dict__)
 
 
 def action_id(rule: str, customer: str, cause: str) -> str:

@@ -107,11 +107,12 @@ class Policy:
 
     def words(self, locale: str, *choices: dict[str, str] | None) -> str:
         """The text in the customer's language from the first set of messages that has it, else the default language."""
-        texts = [{language(k): v for k, v in c.items()} for c in choices if c]
+        texts = [c for c in choices if c]
         for lang in (language(locale), self.default_lang):
             for by_lang in texts:
-                if lang in by_lang:
-                    return by_lang[lang]
+                for key, text in reversed(by_lang.items()):  # of two spellings of one language, the last
+                    if language(key) == lang:
+                        return text
         return next(iter(texts[-1].values()))
 
     def channel(self, profile: Profile, candidates: tuple[str, ...]) -> str:

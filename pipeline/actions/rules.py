@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import string
 from datetime import time as clock
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -74,6 +75,7 @@ class Defaults(BaseModel):
 STAFF_CHANNELS: tuple[ActionChannel, ...] = ("store", "callcenter")
 
 
+@lru_cache(maxsize=1024)
 def language(locale: str) -> str:
     """``da-DK``, ``da_DK``, ``DA`` -> ``da``: messages are keyed by language."""
     return locale.replace("_", "-").split("-")[0].lower()

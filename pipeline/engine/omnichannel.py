@@ -193,7 +193,7 @@ class OmnichannelJob(Job):
             # The headers let a recovery find what was sent for this partition (pipeline.state.fence),
             # and let senders drop a duplicate without parsing the value.
             headers = ((ACTION_ID_HEADER, action.action_id.encode()), (PARTITION_HEADER, partition))
-            out.add(self.settings.topic(topic), action.customer.encode(), orjson.dumps(action.model_dump()), headers)
+            out.add(self.settings.topic(topic), action.customer.encode(), action.to_json(), headers)
 
     def housekeeping(self, owned: Mapping[int, PartitionState], metrics: Metrics) -> None:
         if self.processor.reload_rules():
