@@ -97,10 +97,14 @@ def _authorised(settings: Settings, request: faust.web.Request) -> bool:
 def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None = None) -> faust.App:
     metrics = metrics or Metrics()
     engine = omnichannel_engine(settings, catalogue, metrics)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.topic_prefix}{settings.app_id}-worker",
         broker=f"kafka://{settings.bootstrap}",
         store="memory://",
+        # Faust makes a data directory even with no tables of its own: under the state directory,
+        # not "<app>-data" in whatever directory the worker was started from.
+        datadir=str(settings.state_dir / "faust"),
         autodiscover=False,
         web_enabled=True,
         web_bind=settings.web_host,
