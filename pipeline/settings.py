@@ -85,7 +85,7 @@ class Settings(BaseModel):
         86_400.0, gt=0, description="how long an action found sent after a crash is kept from being sent again"
     )
     max_uncommitted_keys: int = Field(
-        10_000, description="checkpoint early when this many changed keys wait in memory (bounds RSS)"
+        10_000, description="checkpoint early when this many changed keys beyond the state cache wait in memory (bounds RSS)"
     )
     output_flush_ms: float = Field(
         10.0, description="during a long batch, outputs due so far are sent this often instead of at its end"

@@ -9,7 +9,7 @@ Guarantees (at-least-once delivery, idempotent effects):
 * Outputs are produced as soon as a batch is processed, so latency does not
   wait for a checkpoint.
 * A checkpoint, every ``commit_interval_s`` or sooner when ``max_uncommitted_keys``
-  keys wait in memory, snapshots the changed keys and the offsets at one moment,
+  changed keys wait in memory beyond the state cache, snapshots the changed keys and the offsets at one moment,
   encodes the snapshot a slice at a time between batches, and then, in the
   background while processing goes on, (1) waits until every output is
   acknowledged, (2) writes each partition's changed keys to its changelog and
@@ -151,7 +151,7 @@ class Engine:
                 busy = time.monotonic() - started
                 if batches:
                     self.metrics.batch_seconds.observe(busy)
-                uncommitted = sum(len(st.txn) for st in self.state.values())
+                uncommitted = sum(st.txn.held for st in self.state.values())
                 if self._building is not None:
                     # A slice of encoding per batch, a larger one when batches are long anyway.
                     # Past the memory bound, the whole snapshot at once: with a million

@@ -54,6 +54,23 @@ def test_a_snapshot_encoded_in_slices_keeps_each_value_as_it_was_when_taken() ->
     assert txn.take() == [(b"c9", b'{"n":99}'), (b"c8", b'{"n":88}')]
 
 
+def test_only_keys_the_cache_does_not_hold_count_against_the_memory_bound() -> None:
+    store = MemoryStore()
+    txn = PartitionTransaction(store, cache_keys=2)
+    for n in range(3):
+        txn.set(f"c{n}".encode(), {"n": n})
+        txn.set(f"c{n}".encode(), {"n": n})  # written again before the checkpoint: still one key
+    assert txn.held == 3
+    store.write(txn.take(), 0)
+    txn.flushed()  # the two written last stay decoded in the cache
+    assert txn.held == 0
+    for n in range(4):
+        profile = txn.get(f"c{n}".encode()) or {}
+        profile["seen"] = True
+        txn.set(f"c{n}".encode(), profile)
+    assert len(txn) == 4 and txn.held == 2  # c0, read back from the store, and c3, new
+
+
 def test_rocksdb_store_keeps_data_and_offset_together(tmp_path: Path) -> None:
     store = RocksDBStore(tmp_path / "p0")
     assert store.changelog_offset() == -1
