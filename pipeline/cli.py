@@ -272,6 +272,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     if args.latency_at:
         print(latency_at(Settings.from_env(), args.latency_at))
+    elif args.job_path:
+        from pipeline.bench.jobpath import job_path
+
+        print(job_path(Settings.from_env(), args.job_path, args.events))
     else:
         run_bench(Settings.from_env(), events=args.events, out=Path(args.out), profiles=args.profiles)
 
@@ -351,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--profiles", type=int, default=1_000_000, help="profiles for the memory and recovery figures (0 skips)")
     p.add_argument("--latency-at", type=float, default=None, metavar="RATE", help="only measure latency at this rate")
+    p.add_argument("--job-path", choices=["backlog", "live"], default=None,
+                   help="only the job's own path, no broker: CPU per event on that traffic (pipeline/bench/jobpath.py)")  # fmt: skip
     p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
     p.set_defaults(func=cmd_bench)
 
