@@ -122,6 +122,7 @@ def job_path(base: Settings, traffic: str, events: int, checkpoint_every: int = 
             gc.set_threshold(*thresholds)
         return {
             "traffic": traffic, "timed_events": counted, "us_per_event": round(spent / counted * 1e6, 1),
+            # actions.<channel> and actions.holdout: every action decided, sent or held out
             "actions": sum(n for topic, n in sent.items() if topic.startswith(settings.topic(ACTION_TOPIC_PREFIX))),
             "outputs": sum(sent.values()),
         }  # fmt: skip

@@ -9,14 +9,14 @@ Guarantees (at-least-once delivery, idempotent effects):
 * Outputs are produced as soon as a batch is processed, so latency does not
   wait for a checkpoint.
 * A checkpoint, every ``commit_interval_s`` or sooner when ``max_uncommitted_keys``
-  changed keys wait in memory beyond the state cache, snapshots the changed keys and the offsets at one moment,
-  encodes the snapshot a slice at a time between batches, and then, in the
-  background while processing goes on, (1) waits until every output is
-  acknowledged, (2) writes each partition's changed keys to its changelog and
-  then to RocksDB with the changelog offset, (3) only then commits consumer
-  offsets. A crash at any point replays records whose effects are either absent
-  from state or recognised by the job (the omnichannel job keeps a window of
-  event ids per profile).
+  changed keys wait in memory beyond the state cache, snapshots the changed keys
+  and the offsets at one moment, encodes the snapshot a slice at a time between
+  batches, and then, in the background while processing goes on, (1) waits
+  until every output is acknowledged, (2) writes each partition's changed keys
+  to its changelog and then to RocksDB with the changelog offset, (3) only then
+  commits consumer offsets. A crash at any point replays records whose effects
+  are either absent from state or recognised by the job (the omnichannel job
+  keeps a window of event ids per profile).
 * Actions a crash makes the state forget are not sent again when the replay
   decides them again: each checkpoint stores where the outputs sent after it
   start, and recovery collects what was sent there (``pipeline.state.fence``).
