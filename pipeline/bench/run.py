@@ -201,8 +201,9 @@ def _pipeline_workers(base: Settings, records: list[Produced], workers: int, tmp
     try:
         wait_ready(procs, load_topics(settings.topics_file)[REPARTITION].partitions, poll_s=0.05)
         started, done_at_start = time.time(), sum(p.done() for p in procs)
-        # Scraping /metrics costs the worker CPU: poll gently, and take the end from the
-        # workers' own clock, not from when a poll happened to notice it.
+        # Progress comes from /health (WorkerProcess.done), not the whole of /metrics, and even that
+        # costs the worker CPU: poll gently, and take the end from the workers' own clock, not from
+        # when a poll happened to notice it.
         wait_until(lambda: sum(p.done() for p in procs) >= len(records), 600, "the pipeline to finish", poll_s=0.25)
         elapsed = max(p.metrics()["omni_last_record_processed_timestamp_seconds"] for p in procs) - started
         return {

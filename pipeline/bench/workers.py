@@ -64,7 +64,11 @@ class WorkerProcess:
             return None
 
     def done(self) -> float:
-        m = self.metrics()
+        """Input records finished with, from /health: polled often, and /metrics costs the worker more."""
+        health = self.health()
+        if health is not None:
+            return float(health["records_done"])  # type: ignore[arg-type]
+        m = self.metrics()  # not ready (503), or between restarts
         return sum(m.get(name, 0.0) for name in DONE_METRICS)
 
     def rss_mb(self) -> float:

@@ -127,9 +127,8 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
     @app.page("/health")
     async def health_page(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         ready = engine.ready.is_set()
-        return self.json(
-            {"ready": ready, "state_partitions": sorted(engine.state)}, status=200 if ready else 503
-        )
+        body = {"ready": ready, "state_partitions": sorted(engine.state), "records_done": metrics.records_done()}
+        return self.json(body, status=200 if ready else 503)
 
     lookup = ProfileLookup(engine, settings.default_phone_region)
 

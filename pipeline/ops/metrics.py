@@ -121,6 +121,15 @@ class Metrics:
             "omni_outcomes_unmatched", "Outcome reports for no action a profile remembers (or reported twice)", registry=r
         )
 
+    def records_done(self) -> float:
+        """Input records finished with: applied, skipped as a duplicate, or dead-lettered.
+
+        Cheap, for whoever polls progress often (the benchmark, tests): rendering the whole of
+        /metrics took a busy worker about 6.6 ms, 2.6 % of its CPU at four scrapes a second.
+        """
+        families = (self.processed, self.duplicates, self.deadletter)
+        return sum(s.value for c in families for m in c.collect() for s in m.samples if s.name.endswith("_total"))
+
     def show_ledger(self, ledger: dict[str, dict[str, dict[str, float]]]) -> None:
         self.rule_counts.clear()  # partitions come and go: the gauges show what is owned now
         for rule, sections in ledger.items():
