@@ -20,6 +20,9 @@ from pipeline.ingest.contract import (
 from pipeline.ingest.normalise import normalise_identifiers, normalise_one
 from pipeline.settings import Settings
 
+# The core validator itself: TypeAdapter.validate_json only passes it options we never set.
+_validate_event = EVENT_ADAPTER.validator.validate_json
+
 REASONS = (
     "oversized", "invalid_utf8", "malformed_json", "not_an_object", "unknown_type", "wrong_topic",
     "channel_mismatch", "no_identifiers", "bad_timestamp", "absurd_timestamp", "invalid_event",
@@ -33,7 +36,9 @@ class Rejection:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made
+# building one cost 0.87 us against 0.34 (timeit), once for every valid event.
+@dataclass(slots=True)
 class CleanEvent:
     """A validated event as a plain dict; ``ts`` is ``occurred_at`` in epoch seconds."""
 
@@ -45,6 +50,7 @@ class Validator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.min_ts = datetime(settings.oldest_event_year, 1, 1, tzinfo=timezone.utc).timestamp()
+        self.region, self.blocked = settings.default_phone_region, settings.identifier_blocklist
 
     def __call__(self, logical_topic: str, value: bytes | None, now: float) -> CleanEvent | Rejection:
         """Validate one record value.
@@ -59,7 +65,7 @@ class Validator:
         if len(value) > self.settings.max_event_bytes:
             return Rejection("oversized", f"{len(value)} bytes > limit {self.settings.max_event_bytes}")
         try:
-            data = EVENT_ADAPTER.validate_json(value)
+            data = _validate_event(value)
         except ValidationError as exc:
             return _explain(logical_topic, value, exc)
         return self._accept(logical_topic, data, now)
@@ -110,9 +116,7 @@ class Validator:
         if ts < self.min_ts or ts > now + self.settings.future_tolerance_s:
             return Rejection("absurd_timestamp", f"occurred_at {occurred_at.isoformat()} is out of range")
 
-        identifiers, dropped = normalise_identifiers(
-            data.get("identifiers") or {}, self.settings.default_phone_region, self.settings.identifier_blocklist
-        )
+        identifiers, dropped = normalise_identifiers(data.get("identifiers") or {}, self.region, self.blocked)
         if not identifiers and etype not in PRODUCT_EVENT_TYPES:
             why = "no identifier given" if not dropped else f"all identifiers unusable: {dropped}"
             return Rejection("no_identifiers", why)
