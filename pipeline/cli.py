@@ -275,7 +275,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     elif args.job_path:
         from pipeline.bench.jobpath import job_path
 
-        print(job_path(Settings.from_env(), args.job_path, args.events))
+        print(job_path(Settings.from_env(), args.job_path, args.events, args.checkpoint_every))
     else:
         run_bench(Settings.from_env(), events=args.events, out=Path(args.out), profiles=args.profiles)
 
@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-at", type=float, default=None, metavar="RATE", help="only measure latency at this rate")
     p.add_argument("--job-path", choices=["backlog", "live"], default=None,
                    help="only the job's own path, no broker: CPU per event on that traffic (pipeline/bench/jobpath.py)")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=int, default=10_000, metavar="N",
+                   help="--job-path: encode and write the changed state every N events (a worker does it every 5 s)")  # fmt: skip
     p.add_argument("--out", default=str(PROJECT_ROOT / "bench" / "results.json"))
     p.set_defaults(func=cmd_bench)
 
