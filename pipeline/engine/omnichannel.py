@@ -73,7 +73,7 @@ class OmnichannelJob(Job):
         if logical in (OUTCOMES, PRIVACY_REQUESTS):
             self._on_reports(logical, tp, records, now, out, owned)
             return
-        ingest = self.processor.ingest
+        ingest, first_hop = self.processor.ingest, self._first_hop
         for rec in records:
             try:
                 result = ingest(logical, rec.value, now)
@@ -85,8 +85,41 @@ class OmnichannelJob(Job):
                 self._dead_letter(rec, tp, result, out)
                 continue
             key, event = result
-            op = "product" if event["type"] in PRODUCT_EVENT_TYPES else "ev"
-            self._deliver(key, {"op": op, "event": event}, rec, tp, now, out, owned)
+            if event["type"] in PRODUCT_EVENT_TYPES:
+                self._deliver(key, {"op": "product", "event": event}, rec, tp, now, out, owned)
+            else:
+                first_hop(key, event, rec, tp, now, out, owned)
+
+    def _first_hop(
+        self, key: str, event: dict[str, Any], rec: Any, source: TopicPartition, now: float, out: Outbox,
+        owned: Mapping[int, PartitionState],
+    ) -> None:  # fmt: skip
+        """An event to its strongest identifier: what ``_deliver`` does with an ``ev``, without the message.
+
+        Nearly every event takes this step in a partition this worker owns, to a live profile,
+        and nothing else: the ``ev`` message and its dispatch by op are left out of that path.
+        """
+        target = key.encode()
+        state = owned.get(partition_for(target, self.partition_counts[self.state_topic]))
+        if state is None:
+            self._deliver(key, {"op": "ev", "event": event}, rec, source, now, out, owned)
+            return
+        processor = self.processor
+        applied = processor.applied
+        produced, merges = self._produced, self._merges
+        try:
+            processor.identity.event_at_identifier(state, key, target, event, now, produced, merges)
+        except Exception as exc:  # a bug must not become a crash loop on one record
+            self._step_failed("ev", rec, source, exc, out)
+            return
+        if merges:
+            self._send_merges(merges, out)
+        if produced:
+            pending = deque(produced)
+            produced.clear()
+            self._steps(*pending.popleft(), rec, source, now, out, owned, pending)
+        if processor.applied != applied:
+            self.latencies.append(now - rec.timestamp / 1000)
 
     def _on_reports(
         self, logical: str, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]
@@ -128,12 +161,19 @@ class OmnichannelJob(Job):
         cluster, 400 seeded configurations) merge steps taken this shortcut left identifiers
         held by two profiles; these ops did not.
         """
+        applied = self.processor.applied
+        self._steps(target, msg, rec, source, now, out, owned, None)
+        if self.processor.applied != applied:
+            self.latencies.append(now - rec.timestamp / 1000)
+
+    def _steps(
+        self, target: str, msg: Message, rec: Any, source: TopicPartition, now: float, out: Outbox,
+        owned: Mapping[int, PartitionState], pending: deque[tuple[str, Message]] | None,
+    ) -> None:  # fmt: skip
+        """Run ``msg`` and then ``pending`` (steps that followed an event's first hop), in the order produced."""
         state_topic, partitions = self.state_topic, self.partition_counts[self.state_topic]
-        processor = self.processor
-        handle = processor.handle
-        applied = processor.applied
-        pending: deque[tuple[str, Message]] | None = None
-        first = True
+        handle = self.processor.handle
+        first = pending is None
         while True:
             key = target.encode()
             partition = partition_for(key, partitions)
@@ -162,24 +202,28 @@ class OmnichannelJob(Job):
                             pending.extend(produced)
                         produced.clear()
                     if merges:
-                        for merge in merges:
-                            if "audit" in merge:
-                                out.add(self.audit_topic, merge["request_id"].encode(), orjson.dumps(merge))
-                            else:
-                                out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
-                        merges.clear()
+                        self._send_merges(merges, out)
                 except Exception as exc:  # a bug must not become a crash loop on one record
-                    log.exception("processing %s at %s:%d@%d failed", op, source.topic, source.partition, rec.offset)
-                    self._produced.clear()  # half a step's outputs must not go out with the next one
-                    self._merges.clear()
-                    processor.tally.deadletter[("processing_error", REPARTITION)] += 1
-                    self._dead_letter(rec, source, bug(exc), out)
+                    self._step_failed(op, rec, source, exc, out)
                     return
             if not pending:
                 break
             target, msg = pending.popleft()
-        if processor.applied != applied:
-            self.latencies.append(now - rec.timestamp / 1000)
+
+    def _send_merges(self, merges: list[Message], out: Outbox) -> None:
+        for merge in merges:
+            if "audit" in merge:
+                out.add(self.audit_topic, merge["request_id"].encode(), orjson.dumps(merge))
+            else:
+                out.add(self.merges_topic, merge["survivor"].encode(), orjson.dumps(merge))
+        merges.clear()
+
+    def _step_failed(self, op: str, rec: Any, source: TopicPartition, exc: Exception, out: Outbox) -> None:
+        log.exception("processing %s at %s:%d@%d failed", op, source.topic, source.partition, rec.offset, exc_info=exc)
+        self._produced.clear()  # half a step's outputs must not go out with the next one
+        self._merges.clear()
+        self.processor.tally.deadletter[("processing_error", REPARTITION)] += 1
+        self._dead_letter(rec, source, bug(exc), out)
 
     def _refuse_unwritable(self, rec: Any, source: TopicPartition, exc: TypeError, out: Outbox) -> None:
         rejection = Rejection("invalid_event", f"cannot be forwarded: {exc}")

@@ -148,16 +148,22 @@ class IdentityProtocol:
     # --- identifier actors ---------------------------------------------------------
 
     def _id_ev(self, state: PartitionState, ident: str, msg: Message, now: float, out: Outbox, merges: list[Message]) -> None:
-        key = ident.encode()
+        self.event_at_identifier(state, ident, ident.encode(), msg["event"], now, out, merges)
+
+    def event_at_identifier(
+        self, state: PartitionState, ident: str, key: bytes, event: dict[str, Any], now: float, out: Outbox, merges: list[Message]
+    ) -> None:  # fmt: skip
+        """``ev``: an event at its strongest identifier. The engine calls it directly for an event's first
+        hop to a partition it owns (most events), without building the message."""
         profile = state.txn.get(key)
         if profile is not None and "merged_into" not in profile and "apart" in profile:
             # The common case, and the fast one: the profile this identifier founded is live, so
             # the identifier is still its own (only merging it away repoints it). Same key, same
             # partition: the event is applied here without reading the identifier's entry.
-            self._p_apply(state, ident, profile, msg, now, out, merges)
+            self._apply(state, ident, profile, event, out)
             state.txn.set(key, profile)
             return
-        apply = {"op": "apply", "event": msg["event"]}
+        apply = {"op": "apply", "event": event}
         entry = state.txn.get(id_key(ident))
         if entry is not None:
             out.append((entry[0], apply))
@@ -219,7 +225,9 @@ class IdentityProtocol:
 
     def _p_apply(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float,
                  out: Outbox, merges: list[Message]) -> None:  # fmt: skip
-        event = msg["event"]
+        self._apply(state, pid, profile, msg["event"], out)
+
+    def _apply(self, state: PartitionState, pid: str, profile: dict[str, Any], event: dict[str, Any], out: Outbox) -> None:
         if not self.apply_event(state, pid, profile, event, out):
             return  # a duplicate: its claims went out the first time
         owned = profile["identifiers"]
