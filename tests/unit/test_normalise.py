@@ -34,3 +34,15 @@ def test_blocked_identifiers_never_identify_anyone() -> None:
     )
     assert clean == {"cookie_id": "kiosk-1x"}
     assert sorted(dropped) == [("device_id", "blocked"), ("email", "blocked")]
+
+
+def test_a_worker_normaliser_caches_each_type_apart() -> None:
+    from pipeline.ingest.normalise import Normaliser
+
+    normalise = Normaliser("DK", frozenset({"kiosk-1"}), per_type=2)
+    assert normalise({"phone": "20 12 34 56", "device_id": "kiosk-1"}) == ({"phone": "+4520123456"}, [("device_id", "blocked")])
+    for n in range(5):  # a new cookie per session: only the cookies' own cache turns over
+        assert normalise({"cookie_id": f"c{n}"}) == ({"cookie_id": f"c{n}"}, [])
+    assert list(normalise._verdicts["cookie_id"]) == ["c3", "c4"]
+    assert list(normalise._verdicts["phone"]) == ["20 12 34 56"]
+    assert normalise({"device_id": "kiosk-1", "email": " Anna@X.dk "}) == ({"email": "anna@x.dk"}, [("device_id", "blocked")])
