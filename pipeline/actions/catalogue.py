@@ -7,6 +7,7 @@ worker with a message naming the product and field instead of half-loading.
 from __future__ import annotations
 
 import string
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -40,8 +41,9 @@ class ConsumableOffer(BaseModel):
                 raise ValueError(f"message.{lang} uses unknown {sorted(used - {'consumable', 'durable'})}")
         return value
 
-    @property
+    @cached_property
     def delay_s(self) -> float:
+        """Parsed once: the consumables play asks on every durable purchase."""
         return parse_duration(self.delay)
 
 
