@@ -109,11 +109,11 @@ class OmnichannelJob(Job):
         produced, merges = self._produced, self._merges
         try:
             processor.identity.event_at_identifier(state, key, target, event, now, produced, merges)
+            if merges:
+                self._send_merges(merges, out)
         except Exception as exc:  # a bug must not become a crash loop on one record
             self._step_failed("ev", rec, source, exc, out)
             return
-        if merges:
-            self._send_merges(merges, out)
         if produced:
             pending = deque(produced)
             produced.clear()
