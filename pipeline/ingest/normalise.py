@@ -60,6 +60,9 @@ def normalise_identifiers(
     return Normaliser(region, blocked)(raw)
 
 
+VERDICTS_PER_TYPE = 1 << 15  # cached per identifier type: the shared cache it replaces held as many in all
+
+
 class Normaliser:
     """Identifiers normalised, junk and blocked values dropped, each value worked out once.
 
@@ -77,7 +80,7 @@ class Normaliser:
 
     __slots__ = ("region", "blocked", "per_type", "_verdicts")
 
-    def __init__(self, region: str, blocked: frozenset[str] = frozenset(), per_type: int = 1 << 15) -> None:
+    def __init__(self, region: str, blocked: frozenset[str] = frozenset(), per_type: int = VERDICTS_PER_TYPE) -> None:
         self.region, self.blocked, self.per_type = region, blocked, per_type
         self._verdicts: dict[str, dict[str, tuple[str | None, str | None]]] = {}
 
