@@ -263,9 +263,12 @@ def _paced_batches(settings: Settings, catalogue: Catalogue, rate: float, second
 
 async def _latency_run(
     settings: Settings, catalogue: Catalogue, rate: float, seconds: float, floor: bool
-) -> tuple[list[float], int]:
-    """Send paced traffic; return, for each durable purchase, send to action received, and how many events were sent.
+) -> tuple[list[float], list[float], int]:
+    """Send paced traffic; return, for each durable purchase, send to action received and, of that, the
+    action's own hop (from the worker producing it to its reader), and how many events were sent.
 
+    The hop is read from the action record's timestamp, which the worker's producer sets when it
+    batches the record: what is left, send to produced, is the input's trip and the worker's part.
     With ``floor``, no worker runs and the purchase itself is read back from its input
     topic: one trip through the broker at the same rate and batching, the least any
     consumer of these topics can see.
@@ -284,6 +287,7 @@ async def _latency_run(
         consumer.seek(tp, 0)
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
+    hops: list[float] = []
 
     def trigger_of(value: bytes) -> str | None:
         if floor:
@@ -298,6 +302,7 @@ async def _latency_run(
                     trigger = trigger_of(rec.value)
                     if trigger in sent_at:
                         latencies.append(now - sent_at[trigger])
+                        hops.append(now - rec.timestamp / 1000)
 
     reader = asyncio.create_task(read())
     started = time.monotonic()
@@ -314,7 +319,7 @@ async def _latency_run(
         reader.cancel()
         await producer.stop()
         await consumer.stop()
-    return latencies, sum(len(recs) for batch in paced for recs in batch.records.values())
+    return latencies, hops, sum(len(recs) for batch in paced for recs in batch.records.values())
 
 
 def _percentiles(latencies: list[float]) -> Figures:
@@ -337,9 +342,9 @@ def _latency(base: Settings, rate: float, tmp: Path, seconds: float = 15.0) -> F
     try:
         wait_ready([worker], load_topics(settings.topics_file)[REPARTITION].partitions)
         cpu_before, started = worker.cpu_seconds(), time.monotonic()
-        latencies, events = asyncio.run(_latency_run(settings, catalogue, rate, seconds, floor=False))
+        latencies, hops, events = asyncio.run(_latency_run(settings, catalogue, rate, seconds, floor=False))
         cpu_after, elapsed = worker.cpu_seconds(), time.monotonic() - started
-        figures = {"rate": round(rate), **_percentiles(latencies)}
+        figures = {"rate": round(rate), **_percentiles(latencies), "action_hop": _percentiles(hops)}
         if cpu_before is not None and cpu_after is not None:
             # How full the worker was: near one core, queues form and the tail is theirs, whatever the code does.
             figures["worker_cores"] = round((cpu_after - cpu_before) / elapsed, 2)
@@ -547,6 +552,12 @@ def render(f: Figures) -> str:
         lines.append(
             f"| the worker's CPU during that run (the broker and the load generator run beside it) | "
             f"{lat['worker_cores']} of a core, {lat['worker_us_per_event']} us an event |"
+        )
+    if "action_hop" in lat:
+        h = lat["action_hop"]
+        lines.append(
+            f"| of that, the action's own hop: from the worker producing it to its reader | "
+            f"p50 {h.get('p50_ms')} ms, p95 {h.get('p95_ms')} ms, p99 {h.get('p99_ms')} ms |"
         )
     if "broker_floor" in lat:
         b = lat["broker_floor"]
