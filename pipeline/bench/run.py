@@ -548,16 +548,16 @@ def render(f: Figures) -> str:
         f"| ingest-to-action latency at {lat['rate']:,} events/s (half the 1-worker maximum) | "
         f"p50 {lat.get('p50_ms')} ms, p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms ({lat['actions']:,} actions) |",
     ]
-    if "worker_cores" in lat:
-        lines.append(
-            f"| the worker's CPU during that run (the broker and the load generator run beside it) | "
-            f"{lat['worker_cores']} of a core, {lat['worker_us_per_event']} us an event |"
-        )
     if "action_hop" in lat:
         h = lat["action_hop"]
         lines.append(
             f"| of that, the action's own hop: from the worker producing it to its reader | "
             f"p50 {h.get('p50_ms')} ms, p95 {h.get('p95_ms')} ms, p99 {h.get('p99_ms')} ms |"
+        )
+    if "worker_cores" in lat:
+        lines.append(
+            f"| the worker's CPU during that run (the broker and the load generator run beside it) | "
+            f"{lat['worker_cores']} of a core, {lat['worker_us_per_event']} us an event |"
         )
     if "broker_floor" in lat:
         b = lat["broker_floor"]
