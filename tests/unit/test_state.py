@@ -71,6 +71,16 @@ def test_only_keys_the_cache_does_not_hold_count_against_the_memory_bound() -> N
     assert len(txn) == 4 and txn.held == 2  # c0, read back from the store, and c3, new
 
 
+def test_identifier_and_timer_entries_weigh_a_sixteenth_of_a_value_against_the_memory_bound() -> None:
+    txn = PartitionTransaction(MemoryStore())
+    for n in range(32):
+        txn.set(f"i|email:c{n}@example.com".encode(), [f"customer_id:C{n}", "ev-1"])
+        txn.set(timer_key(1000.0 + n, f"customer_id:C{n}", "abandoned_cart"), {"due": 1000.0 + n})
+    assert txn.held == 4  # 64 small entries
+    txn.set(b"customer_id:C1", {"n": 1})
+    assert txn.held == 5
+
+
 def test_rocksdb_store_keeps_data_and_offset_together(tmp_path: Path) -> None:
     store = RocksDBStore(tmp_path / "p0")
     assert store.changelog_offset() == -1
