@@ -33,7 +33,7 @@ from pipeline.actions.catalogue import Catalogue, with_delay
 from pipeline.bench.run import Figures, _bench_rules, _simulator_records
 from pipeline.engine.job import Outbox
 from pipeline.engine.omnichannel import OmnichannelJob
-from pipeline.kafka import partition_for
+from pipeline.partitioner import partition_for
 from pipeline.ops.topics import ACTION_TOPIC_PREFIX, REPARTITION, load_topics
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population, Produced

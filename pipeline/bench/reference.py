@@ -44,6 +44,7 @@ class ReferenceJob(Job):
         self.source_topics = {}
         self.out_topic = out_topic
         self.partition_counts = {out_topic: PARTITIONS}
+        self.fenced_topics = frozenset()
         self.processed = 0
         self.first_at: float | None = None
 

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
+from mypy_extensions import mypyc_attr
 
-from pipeline.kafka import Headers, Record, partition_for
+from pipeline.kafka import Headers, Record
+from pipeline.partitioner import partition_for
 from pipeline.ops.metrics import Metrics
 from pipeline.state.partition import PartitionState
 
@@ -42,8 +44,9 @@ class Outbox:
         return records
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled with the hot path; jobs of plain Python run on it too
 class Job(ABC):
-    """A stream job: stateless source topics, one keyed state topic, timers."""
+    """A stream job: stateless source topics, one keyed state topic, timers. A job sets every attribute below."""
 
     #: physical topic whose partition N feeds state partition N
     state_topic: str
@@ -53,8 +56,8 @@ class Job(ABC):
     source_topics: dict[str, str]
     #: partitions of every topic the job produces to
     partition_counts: dict[str, int]
-    #: topics whose records must not be sent twice for one decision (pipeline.state.fence)
-    fenced_topics: frozenset[str] = frozenset()
+    #: topics whose records must not be sent twice for one decision (pipeline.state.fence); may be empty
+    fenced_topics: frozenset[str]
 
     def on_source(
         self, tp: TopicPartition, records: list[Any], now: float, out: Outbox, owned: Mapping[int, PartitionState]

@@ -34,7 +34,7 @@ from pipeline.engine.processor import Processor, Tallies
 from pipeline.identity.protocol import IdentityTally, Message
 from pipeline.ingest.contract import INPUT_TOPICS, PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import Rejection
-from pipeline.kafka import partition_for
+from pipeline.partitioner import partition_for
 from pipeline.ops.metrics import Metrics
 from pipeline.measure import ledger
 from pipeline.profiles.census import live_profiles

@@ -147,8 +147,8 @@ def unmerge_profiles(survivor: dict[str, Any], separated: dict[str, Any]) -> Non
             survivor["counters"][name] = left
         else:
             survivor["counters"].pop(name, None)
-    theirs = {p["order_id"] for p in separated["purchases"]}
-    survivor["purchases"] = [p for p in survivor["purchases"] if p["order_id"] not in theirs]
+    their_orders = {p["order_id"] for p in separated["purchases"]}
+    survivor["purchases"] = [p for p in survivor["purchases"] if p["order_id"] not in their_orders]
     ltv = survivor["lifetime_value"]
     for currency, total in separated["lifetime_value"].items():
         ltv[currency] = round(max(0.0, ltv.get(currency, 0.0) - total), 2)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+from mypy_extensions import mypyc_attr
 
 DELETED: Any = object()
 TIMER_PREFIX = b"t:"
@@ -29,6 +30,7 @@ SMALL_PREFIXES = (TIMER_PREFIX, IDENTIFIER_PREFIX)
 TOPIC_KEY = b"__changelog_topic__"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled with the hot path; other stores may be plain Python
 class Store(ABC):
     """Bytes in, bytes out; remembers the last changelog offset it has applied."""
 

@@ -27,7 +27,7 @@ from pipeline.identity.resolve import routing_key
 from pipeline.identity.rules import split_id
 from pipeline.ingest.contract import PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import CleanEvent, Validator
-from pipeline.kafka import partition_for
+from pipeline.partitioner import partition_for
 from pipeline.profiles.census import live_profiles
 from pipeline.settings import Settings
 from pipeline.state.base import DELETED, TIMER_PREFIX

@@ -4,7 +4,7 @@ import random
 
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from pipeline.kafka import murmur2, partition_for
+from pipeline.partitioner import murmur2, partition_for
 
 
 def test_murmur2_matches_aiokafka_for_every_length_and_tail() -> None:

@@ -71,16 +71,14 @@ class Timers:
         return [(tid, t) for tid, t in self.timers.items() if t["rule"] == rule]
 
 
-@dataclass
 class Play:
     """One rule of the catalogue at work. Subclasses name the event types they react to."""
 
     triggers: ClassVar[frozenset[str]] = frozenset()
     notices: ClassVar[frozenset[str]] = frozenset()  # messages from other actors (a product back in stock)
 
-    name: str
-    rule: Any
-    products: Catalogue
+    def __init__(self, name: str, rule: Any, products: Catalogue) -> None:
+        self.name, self.rule, self.products = name, rule, products
 
     def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
         """React to an event just applied to ``profile``."""

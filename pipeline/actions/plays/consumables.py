@@ -9,10 +9,10 @@ exist to avoid.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from functools import cached_property
 from typing import Any
 
 from pipeline.actions.durations import describe_duration
+from pipeline.actions.catalogue import Catalogue
 from pipeline.actions.plays.base import Draft, Play, Profile, Sends, Timers, new_purchase
 
 
@@ -23,6 +23,12 @@ def bought_since(profile: Profile, sku: str, since: float) -> bool:
 
 class ConsumablesFollowUp(Play):
     triggers = frozenset({"purchase"})
+
+    def __init__(self, name: str, rule: Any, products: Catalogue) -> None:
+        super().__init__(name, rule, products)
+        # (consumables, durables) of the product catalogue, worked out once: every purchase asks.
+        durables = frozenset(sku for sku, product in products.products.items() if product.consumable)
+        self.kinds = (products.consumable_skus(), durables)
 
     def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
         bought = {item["sku"] for item in event["properties"]["items"]}
@@ -51,12 +57,6 @@ class ConsumablesFollowUp(Play):
                 durable_sku=sku, consumable_sku=offer.sku, order_id=purchase["order_id"], purchased_at=event["ts"],
                 purchase_channel=event["channel"], trigger_event_id=event["event_id"],
             )  # fmt: skip
-
-    @cached_property
-    def kinds(self) -> tuple[frozenset[str], frozenset[str]]:
-        """(consumables, durables) of the product catalogue, worked out once."""
-        durables = frozenset(sku for sku, product in self.products.products.items() if product.consumable)
-        return self.products.consumable_skus(), durables
 
     def compose(self, profile: Profile, timer_id: str, timer: dict[str, Any], now: float) -> Draft | str:
         offer = self.products.consumable_for(timer["durable_sku"])
