@@ -81,7 +81,11 @@ def ext_modules() -> list:  # type: ignore[type-arg]
     except ImportError as exc:
         print(f"warning: mypyc is not available ({exc}); installing plain Python", file=sys.stderr)
         return []
-    return mypycify(HOT_MODULES, opt_level="3", group_name="pipeline._hotpath")
+    try:
+        return mypycify(HOT_MODULES, opt_level="3", group_name="pipeline._hotpath")
+    except (Exception, SystemExit) as exc:  # mypyc type-checks first: a newer library's stubs can fail it
+        print(f"warning: mypyc could not compile the hot path ({exc!r}); installing plain Python", file=sys.stderr)
+        return []
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})
