@@ -53,8 +53,22 @@ if sys.argv[1:] == ["hot-modules"]:  # what the Makefile rebuilds after (before 
     print(" ".join(HOT_MODULES))
     sys.exit(0)
 
+from pathlib import Path  # noqa: E402
+
 from setuptools import setup  # noqa: E402
 from setuptools.command.build_ext import build_ext  # noqa: E402
+
+
+def plain_python(why: str) -> list:  # type: ignore[type-arg]
+    """Install without compiling; an earlier build's modules, left beside the sources, would shadow them."""
+    print(f"warning: {why}; the hot path runs as plain Python", file=sys.stderr)
+    root = Path(__file__).parent
+    for module in HOT_MODULES:
+        for built in root.glob(module[: -len(".py")] + ".*.so"):
+            built.unlink()
+    for built in (root / "pipeline").glob("_hotpath__mypyc.*.so"):
+        built.unlink()
+    return []
 
 
 class OptionalBuildExt(build_ext):
@@ -64,28 +78,20 @@ class OptionalBuildExt(build_ext):
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: install without it
-            print(f"warning: the hot path was not compiled ({exc}); installing it as plain Python", file=sys.stderr)
-
-    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
-        try:
-            super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
-            print(f"warning: {ext.name} was not compiled ({exc}); it runs as plain Python", file=sys.stderr)
+            plain_python(f"the hot path was not compiled ({exc})")
 
 
 def ext_modules() -> list:  # type: ignore[type-arg]
     if os.environ.get("OMNI_COMPILE", "1") == "0":
-        return []
+        return plain_python("OMNI_COMPILE=0")
     try:
         from mypyc.build import mypycify
     except ImportError as exc:
-        print(f"warning: mypyc is not available ({exc}); installing plain Python", file=sys.stderr)
-        return []
+        return plain_python(f"mypyc is not available ({exc})")
     try:
         return mypycify(HOT_MODULES, opt_level="3", group_name="pipeline._hotpath")
     except (Exception, SystemExit) as exc:  # mypyc type-checks first: a newer library's stubs can fail it
-        print(f"warning: mypyc could not compile the hot path ({exc!r}); installing plain Python", file=sys.stderr)
-        return []
+        return plain_python(f"mypyc could not compile the hot path ({exc!r})")
 
 
 setup(ext_modules=ext_modules(), cmdclass={"build_ext": OptionalBuildExt})

@@ -3,6 +3,13 @@
 The changelog offset is written in the same WriteBatch as the data, so after a
 crash the store and the offset it claims always agree: recovery resumes from
 exactly the record after the last one this store holds.
+
+Writes skip RocksDB's write-ahead log, as Kafka Streams' stores do: the changelog
+topic is this store's log. A crash loses what the memtable held since its last
+flush, data and offset together (one memtable, flushed whole), so the store
+reopens at an older offset and recovery replays the changelog from there. A
+clean close flushes the memtable. Writing every checkpoint twice, to the WAL and
+the memtable, doubled the cost of a write (37 against 73 ms for 39 MB).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
 from pipeline.state.base import OFFSET_KEY, TOPIC_KEY, Store
 
@@ -25,12 +32,19 @@ def _options(write_buffer_bytes: int) -> Options:
     return options
 
 
+def _no_wal() -> WriteOptions:
+    options = WriteOptions()
+    options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; rocksdict's stubs say method
+    return options
+
+
 class RocksDBStore(Store):
     def __init__(self, path: Path, write_buffer_bytes: int = 8 * 1024 * 1024) -> None:
         self.path = path
         self.write_buffer_bytes = write_buffer_bytes
         path.mkdir(parents=True, exist_ok=True)
         self._db = Rdict(str(path), options=_options(write_buffer_bytes))
+        self._write_options = _no_wal()
 
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
@@ -44,7 +58,7 @@ class RocksDBStore(Store):
                 batch.put(key, value)
         if changelog_offset is not None:
             batch.put(OFFSET_KEY, str(changelog_offset).encode())
-        self._db.write(batch)
+        self._db.write(batch, write_opt=self._write_options)
 
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -163,4 +165,23 @@ def test_a_checkpoint_written_in_slices_moves_the_offset_only_with_its_last_slic
     assert seen[:-1] == [7] * (len(seen) - 1)  # a crash between slices finds the old offset: recovery re-reads them
     assert seen[-1] == 42
     assert store.get(b"a") is None and store.get(b"k9") == b"x" * (WRITE_SLICE_BYTES // 3)
+    store.close()
+
+
+def test_rocksdb_writes_skip_the_wal_so_a_crash_loses_data_and_offset_together(tmp_path: Path) -> None:
+    """The changelog is the store's log: a crash may lose the memtable, never the agreement of data and offset."""
+    crash = f"""
+from pathlib import Path
+from pipeline.state.rocksdb import RocksDBStore
+store = RocksDBStore(Path({str(tmp_path / "db")!r}))
+store.write([(b"c1", b"old")], 3)
+store.close()  # a clean close flushes
+store = RocksDBStore(Path({str(tmp_path / "db")!r}))
+store.write([(b"c1", b"new"), (b"c2", b"new")], 7)
+import os
+os._exit(0)  # a crash: no close, no flush
+"""
+    subprocess.run([sys.executable, "-c", crash], check=True)
+    store = RocksDBStore(tmp_path / "db")
+    assert (store.get(b"c1"), store.get(b"c2"), store.changelog_offset()) == (b"old", None, 3)
     store.close()
