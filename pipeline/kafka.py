@@ -73,6 +73,7 @@ def consumer(settings: Settings, *topics: str, **overrides: object) -> AIOKafkaC
         "max_partition_fetch_bytes": 4 * 1_048_576,
         "fetch_max_bytes": 16 * 1_048_576,
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "check_crcs": settings.check_crcs,
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)  # type: ignore[arg-type]
