@@ -8,7 +8,8 @@ benchmark's full pipeline that took a worker from about 32,000 to about 44,000 e
 * ``OMNI_COMPILE=0`` at install time skips compilation (pure Python, e.g. to step through the
   hot path in a debugger); so does a machine without a working C compiler, with a warning.
 * A compiled module older than its source refuses to load (``pipeline/__init__.py``), so an
-  edit is never silently shadowed by the last build: ``make build`` (or ``make test``) rebuilds.
+  edit is never silently shadowed by the last build: ``make build`` (or ``make test``) rebuilds,
+  and a rebuild that fails leaves the old build refusing to load rather than running stale code.
 """
 
 from __future__ import annotations
@@ -60,14 +61,7 @@ from setuptools.command.build_ext import build_ext  # noqa: E402
 
 
 def plain_python(why: str) -> list:  # type: ignore[type-arg]
-    """Install without compiling; an earlier build's modules, left beside the sources, would shadow them."""
     print(f"warning: {why}; the hot path runs as plain Python", file=sys.stderr)
-    root = Path(__file__).parent
-    for module in HOT_MODULES:
-        for built in root.glob(module[: -len(".py")] + ".*.so"):
-            built.unlink()
-    for built in (root / "pipeline").glob("_hotpath__mypyc.*.so"):
-        built.unlink()
     return []
 
 
@@ -79,6 +73,14 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: install without it
             plain_python(f"the hot path was not compiled ({exc})")
+            return
+        # setuptools leaves an extension it finds up to date as it was; a module's extension is a
+        # shim that rarely changes while the shared library beside it is rebuilt. Stamp them all:
+        # the package refuses a compiled module older than its source (pipeline/__init__.py).
+        for ext in self.extensions:
+            built = Path(self.get_ext_fullpath(ext.name))
+            if built.exists():
+                built.touch()
 
 
 def ext_modules() -> list:  # type: ignore[type-arg]

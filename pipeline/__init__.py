@@ -41,6 +41,13 @@ def _compiled_sources() -> tuple[list[Path], float]:
     return sources, built
 
 
+def hot_path_compiled() -> bool:
+    """Whether this process runs the hot path compiled, not from its sources (the benchmark says which)."""
+    from pipeline.engine import omnichannel
+
+    return not (omnichannel.__file__ or "").endswith(".py")
+
+
 class _SourceFirst(importlib.abc.MetaPathFinder):
     """Finds this package's modules as ``.py`` files even where a compiled one sits beside them."""
 

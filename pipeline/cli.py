@@ -111,7 +111,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
         sys.exit(f"bad rules catalogue: {exc}")
     catalogue = Catalogue.load(settings.catalogue_file)
     app = create_app(settings, catalogue)
+    from pipeline import hot_path_compiled
+
     print(f"metrics: http://{settings.web_host}:{settings.web_port}/metrics", flush=True)
+    print(f"hot path: {'compiled' if hot_path_compiled() else 'interpreted (run `make build` to compile it)'}", flush=True)
     QuietWorker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
