@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.helpers import create_ssl_context
 
-from pipeline.partitioner import murmur2, partition_for  # noqa: F401 - where the callers find them
+from pipeline.partitioner import partition_for  # noqa: F401 - the tools that produce find it here
 from pipeline.settings import Settings
 
 Headers = Sequence[tuple[str, bytes]]

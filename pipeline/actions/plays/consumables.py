@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from pipeline.actions.durations import describe_duration
 from pipeline.actions.catalogue import Catalogue
+from pipeline.actions.durations import describe_duration
 from pipeline.actions.plays.base import Draft, Play, Profile, Sends, Timers, new_purchase
 
 
