@@ -3,8 +3,8 @@
 The per-event hot path is compiled with mypyc when the package is built (``setup.py``). Two
 guards keep the compiled modules honest about their sources:
 
-* a compiled module older than its ``.py`` refuses to load: an edit must never be shadowed
-  by the last build (``make build`` rebuilds);
+* in a source tree, a compiled module older than its ``.py`` refuses to load: an edit must
+  never be shadowed by the last build (``make build`` rebuilds);
 * ``OMNI_INTERPRETED=1`` loads every module from its source instead (a debugger, a profiler
   that sees Python frames, or a measurement of what compilation gains).
 """
@@ -62,7 +62,7 @@ class _SourceFirst(importlib.abc.MetaPathFinder):
 
 if os.environ.get("OMNI_INTERPRETED", "") not in ("", "0"):
     sys.meta_path.insert(0, _SourceFirst())
-else:
+elif (_HERE.parent / "setup.py").exists():  # a source tree, built in place; an installed wheel cannot go stale
     _sources, _built = _compiled_sources()
     for _source in _sources:
         if _source.stat().st_mtime > _built:

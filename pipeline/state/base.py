@@ -139,7 +139,7 @@ class PartitionTransaction:
         every second rather than every ``commit_interval_s``. New keys, a million new
         customers, are what fill memory, and they are what this counts.
 
-        An identifier's entry or a timer's index entry is a small list or dict (340 and 640
+        An identifier's entry or a timer's index entry is a small list or dict (337 and 643
         bytes with their keys, decoded) against about 15 KB for the average profile of a
         100,000-event run, yet counted as one each they were three quarters of the count: on
         live traffic at 15,000 events/s the bound cut a checkpoint every 1.3 s instead of every
