@@ -16,7 +16,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.helpers import create_ssl_context
 
-from pipeline.partitioner import partition_for  # noqa: F401 - the tools that produce find it here
 from pipeline.settings import Settings
 
 Headers = Sequence[tuple[str, bytes]]

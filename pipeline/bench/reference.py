@@ -14,10 +14,10 @@ from typing import Any
 
 import orjson
 
-from pipeline import kafka
 from pipeline.engine.job import Job, Outbox
 from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
+from pipeline.partitioner import partition_for
 from pipeline.state.partition import PartitionState
 
 PARTITIONS = 4
@@ -33,7 +33,7 @@ def reference_records(events: int, seed: int = 11) -> dict[int, list[Record]]:
         customer = f"c{rng.randrange(CUSTOMERS):05d}"
         key = customer.encode()
         value = orjson.dumps({"event_id": f"e{i}", "customer": customer, "amount": rng.randrange(1, 500)})
-        out.setdefault(kafka.partition_for(key, PARTITIONS), []).append(Record(key, value))
+        out.setdefault(partition_for(key, PARTITIONS), []).append(Record(key, value))
     return out
 
 

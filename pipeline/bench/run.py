@@ -51,6 +51,7 @@ from pipeline.kafka import Record
 from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.metrics import Metrics
 from pipeline.ops.topics import REPARTITION, apply_topics, load_topics
+from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population, Produced
 
@@ -256,7 +257,7 @@ def _paced_batches(settings: Settings, catalogue: Catalogue, rate: float, second
         purchases = [orjson.loads(rec.value)["event_id"] for rec in batch if b'"purchase"' in rec.value]
         for rec in batch:
             topic = settings.topic(rec.topic)
-            grouped.setdefault((topic, kafka.partition_for(rec.key, specs[rec.topic].partitions)), []).append(Record(rec.key, rec.value))
+            grouped.setdefault((topic, partition_for(rec.key, specs[rec.topic].partitions)), []).append(Record(rec.key, rec.value))
         paced.append(Paced(grouped, purchases))
     return paced
 

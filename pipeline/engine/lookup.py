@@ -15,11 +15,11 @@ from typing import Any
 
 import aiohttp
 
-from pipeline import kafka
 from pipeline.engine.loop import Engine
 from pipeline.identity.protocol import owner_entry
 from pipeline.ingest.contract import IDENTIFIER_TYPES
 from pipeline.ingest.normalise import parse_identifier
+from pipeline.partitioner import partition_for
 
 MAX_HOPS = 3
 HOPS_HEADER = "X-Omni-Hops"
@@ -68,7 +68,7 @@ class ProfileLookup:
 
     async def _owner(self, key: str, query: Mapping[str, str], hops: int) -> tuple[Any, Answer | None]:
         """This worker's state for the key's partition, or the owner's answer to the same question."""
-        partition = kafka.partition_for(key.encode(), self.partitions)
+        partition = partition_for(key.encode(), self.partitions)
         state = self.engine.state.get(partition)
         if state is not None:
             return state, None

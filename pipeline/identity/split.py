@@ -14,6 +14,7 @@ from pipeline.identity.rules import split_id
 from pipeline.ingest.normalise import parse_identifier
 from pipeline.kafka import Record
 from pipeline.ops.topics import REPARTITION, load_topics
+from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
 
 
@@ -29,7 +30,7 @@ async def request_split(settings: Settings, profile: str, identifier: str, by: s
     try:
         key = profile.encode()
         sent = await kafka.send_records(
-            producer, settings.topic(REPARTITION), kafka.partition_for(key, partitions), [Record(key, orjson.dumps(message))]
+            producer, settings.topic(REPARTITION), partition_for(key, partitions), [Record(key, orjson.dumps(message))]
         )
         await kafka.last_offset(sent)
     finally:

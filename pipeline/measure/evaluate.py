@@ -37,6 +37,7 @@ from pipeline.kafka import Record
 from pipeline.measure.report import fetch
 from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.topics import HOLDOUTS, OUTCOMES, apply_topics, load_topics
+from pipeline.partitioner import partition_for
 from pipeline.settings import PACKAGE_DATA, Settings
 
 # The true effect of each play on the chance to buy within the window, and the chance without it.
@@ -158,7 +159,7 @@ async def _produce(settings: Settings, topic: str, records: list[tuple[str, byte
         partitions = load_topics(settings.topics_file)[topic].partitions
         chunks: dict[int, list[Record]] = {}
         for key, value in records:
-            chunks.setdefault(kafka.partition_for(key.encode(), partitions), []).append(Record(key.encode(), value))
+            chunks.setdefault(partition_for(key.encode(), partitions), []).append(Record(key.encode(), value))
         sent = []
         for p, chunk in sorted(chunks.items()):
             sent.extend(await kafka.send_records(producer, settings.topic(topic), p, chunk))

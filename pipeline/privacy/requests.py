@@ -12,6 +12,7 @@ from pipeline.identity.rules import split_id
 from pipeline.ingest.normalise import parse_identifier
 from pipeline.kafka import Record
 from pipeline.ops.topics import PRIVACY_REQUESTS, load_topics
+from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
 
 
@@ -38,7 +39,7 @@ async def request_erasure(settings: Settings, identifier: str, request_id: str |
     await producer.start()
     try:
         sent = await kafka.send_records(
-            producer, settings.topic(PRIVACY_REQUESTS), kafka.partition_for(key, partitions), [Record(key, orjson.dumps(request))]
+            producer, settings.topic(PRIVACY_REQUESTS), partition_for(key, partitions), [Record(key, orjson.dumps(request))]
         )
         await kafka.last_offset(sent)
     finally:

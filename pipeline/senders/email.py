@@ -43,6 +43,7 @@ from pipeline.engine.deadletter import DEADLETTER, dead_letter
 from pipeline.ingest.validate import Rejection
 from pipeline.kafka import Record
 from pipeline.ops.topics import OUTCOMES, load_topics
+from pipeline.partitioner import partition_for
 from pipeline.settings import PACKAGE_DATA, Settings
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class EmailSender:
                 sent = []
                 by_partition: dict[int, list[Record]] = {}
                 for rec in outcomes:  # keyed by customer, like everything that reaches a profile
-                    by_partition.setdefault(kafka.partition_for(rec.key, partitions[OUTCOMES].partitions), []).append(rec)
+                    assert rec.key is not None  # _one always keys an outcome
+                    by_partition.setdefault(partition_for(rec.key, partitions[OUTCOMES].partitions), []).append(rec)
                 for partition, recs in by_partition.items():
                     sent += await kafka.send_records(producer, s.topic(OUTCOMES), partition, recs)
                 for partition, letter in letters:

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline import kafka
 from pipeline.kafka import Record
 from pipeline.ops.topics import TopicSpec, load_topics
+from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population, Produced
 
@@ -36,7 +37,7 @@ async def send_produced(
     count = 0
     for rec in records:
         topic = settings.topic(rec.topic)
-        grouped[(topic, kafka.partition_for(rec.key, specs[rec.topic].partitions))].append(Record(rec.key, rec.value))
+        grouped[(topic, partition_for(rec.key, specs[rec.topic].partitions))].append(Record(rec.key, rec.value))
         count += 1
     sent = []
     for (topic, partition), recs in grouped.items():

@@ -22,12 +22,11 @@ TIMER_PREFIX = b"t:"
 IDENTIFIER_PREFIX = b"i|"  # identity-graph entries (pipeline.identity.protocol)
 ERASURE_PREFIX = b"e|"  # markers of erased identifiers (pipeline.privacy.erasure)
 OFFSET_KEY = b"__changelog_offset__"
-# How much a changed key weighs against the memory bound (``PartitionTransaction.held``), in
-# sixteenths of a value: identifier and timer-index entries are small beside a profile.
-PER_VALUE = 16
-SMALL_ENTRY_SHARE = 1
-SMALL_PREFIXES = (TIMER_PREFIX, IDENTIFIER_PREFIX)
 TOPIC_KEY = b"__changelog_topic__"
+# Against the memory bound (``PartitionTransaction.held``) a changed value weighs PER_VALUE and an
+# identifier's or timer-index entry, small beside a profile, weighs 1.
+PER_VALUE = 16
+SMALL_PREFIXES = (TIMER_PREFIX, IDENTIFIER_PREFIX)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled with the hot path; other stores may be plain Python
@@ -119,7 +118,7 @@ class PartitionTransaction:
             self._encode_key(key)
         dirty = self._dirty
         if key not in dirty and key not in self._cache:
-            self._held += SMALL_ENTRY_SHARE if key.startswith(SMALL_PREFIXES) else PER_VALUE
+            self._held += 1 if key.startswith(SMALL_PREFIXES) else PER_VALUE
         dirty[key] = value
 
     def delete(self, key: bytes) -> None:
