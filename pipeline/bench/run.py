@@ -9,7 +9,9 @@
    realistic simulator traffic, one worker process, then two. The runs of 2
    and the one-worker runs of 4 alternate (3 runs first), so the machine's
    drift weighs on both sides of their ratio alike.
-5. Ingest-to-action latency at half the full pipeline's maximum rate.
+5. Ingest-to-action latency at half the full pipeline's maximum rate, and the
+   floor under it: the same traffic through a bare forwarder (``pipeline.bench.forward``)
+   in the worker's place, and read back from its input topics.
 6. Memory of a worker holding many profiles, and the time a fresh worker takes
    to rebuild them from the changelog.
 
@@ -24,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import selectors
 import shutil
 import subprocess
 import sys
@@ -44,12 +47,14 @@ from pipeline import hot_path_compiled, kafka
 from pipeline.actions.catalogue import Catalogue, with_delay
 from pipeline.actions.rules import write_variant
 from pipeline.bench.reference import PARTITIONS, TOPIC_CONFIG, ReferenceJob, reference_records
+from pipeline.bench.forward import READY
 from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
 from pipeline.engine.loop import Engine
 from pipeline.ingest.contract import CUSTOMER_CHANNELS
 from pipeline.kafka import Record
 from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.metrics import Metrics
+from pipeline.ops.process import die_with_parent
 from pipeline.ops.topics import REPARTITION, apply_topics, load_topics
 from pipeline.partitioner import partition_for
 from pipeline.settings import Settings
@@ -60,6 +65,7 @@ Figures = dict[str, Any]
 # shared 2-core machine one run of either moved by about 8 % from the next.
 REPEATS = 3
 PIPELINE_FACTOR = 3  # the pipeline runs longer on more events, so its figure is steadier
+TICK_S = 0.02  # the latency run's load generator sends what each 20 ms of traffic holds at once
 
 
 def say(text: str) -> None:
@@ -230,25 +236,26 @@ def _bench_rules(tmp: Path) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Paced:
-    """One tick of pre-generated traffic, grouped by topic partition."""
+    """One tick of pre-generated traffic, grouped by logical topic and partition."""
 
     records: dict[tuple[str, int], list[Record]]
     purchase_ids: list[str]
 
 
-def _paced_batches(settings: Settings, catalogue: Catalogue, rate: float, seconds: float, tick: float) -> list[Paced]:
-    """All the traffic of the run, generated before it starts and grouped per tick.
+def _paced_batches(settings: Settings, catalogue: Catalogue, rate: float, seconds: float) -> list[Paced]:
+    """All the traffic of the run, generated before it starts and grouped per tick, by logical topic.
 
     Generating simulator journeys costs about as much CPU as processing them: done
     during the run, on a 2-core machine, the load generator would compete with the
-    worker and the broker, and the figure would measure that contention.
+    worker and the broker, and the figure would measure that contention. Generated
+    once, the same traffic goes to the worker and to the floors beside it.
     """
     population = Population(catalogue, customers=5000, seed=9)
     specs = load_topics(settings.topics_file)
     paced: list[Paced] = []
     owed = 0.0
-    for _ in range(int(seconds / tick)):
-        owed += rate * tick
+    for _ in range(int(seconds / TICK_S)):
+        owed += rate * TICK_S
         batch: list[Produced] = []
         while len(batch) < owed:
             batch.extend(population.journey(time.time()))
@@ -256,15 +263,32 @@ def _paced_batches(settings: Settings, catalogue: Catalogue, rate: float, second
         grouped: dict[tuple[str, int], list[Record]] = {}
         purchases = [orjson.loads(rec.value)["event_id"] for rec in batch if b'"purchase"' in rec.value]
         for rec in batch:
-            topic = settings.topic(rec.topic)
-            grouped.setdefault((topic, partition_for(rec.key, specs[rec.topic].partitions)), []).append(Record(rec.key, rec.value))
+            grouped.setdefault((rec.topic, partition_for(rec.key, specs[rec.topic].partitions)), []).append(Record(rec.key, rec.value))
         paced.append(Paced(grouped, purchases))
     return paced
 
 
-async def _latency_run(
-    settings: Settings, catalogue: Catalogue, rate: float, seconds: float, floor: bool
-) -> tuple[list[float], list[float], int]:
+@dataclass(slots=True)
+class Timed:
+    """One latency run: per action, send to received (and when in the run it was sent), and its own hop."""
+
+    latencies: list[float]
+    sent_at: list[float]  # seconds from the run's start, beside each latency
+    hops: list[float]
+    events: int
+
+    def figures(self, seconds: float) -> Figures:
+        """Percentiles, and the p99 of each third of the run: a tail that grows as the run goes on is the
+        broker's or a queue's, not the same cost every event pays."""
+        thirds = [
+            [lat for lat, at in zip(self.latencies, self.sent_at) if k * seconds / 3 <= at < (k + 1) * seconds / 3]
+            for k in range(3)
+        ]
+        by_third = [_percentiles(third).get("p99_ms") for third in thirds]
+        return {**_percentiles(self.latencies), "p99_by_third_ms": by_third}
+
+
+async def _latency_run(settings: Settings, paced: list[Paced], floor: bool) -> Timed:
     """Send paced traffic; return, for each durable purchase, send to action received and, of that, the
     action's own hop (from the worker producing it to its reader), and how many events were sent.
 
@@ -274,8 +298,6 @@ async def _latency_run(
     topic: one trip through the broker at the same rate and batching, the least any
     consumer of these topics can see.
     """
-    tick = 0.02
-    paced = _paced_batches(settings, catalogue, rate, seconds, tick)
     specs = load_topics(settings.topics_file)
     producer = kafka.producer(settings)
     consumer = kafka.consumer(settings)
@@ -287,8 +309,7 @@ async def _latency_run(
     for tp in tps:
         consumer.seek(tp, 0)
     sent_at: dict[str, float] = {}
-    latencies: list[float] = []
-    hops: list[float] = []
+    timed = Timed([], [], [], 0)
 
     def trigger_of(value: bytes) -> str | None:
         if floor:
@@ -302,25 +323,27 @@ async def _latency_run(
                 for rec in records:
                     trigger = trigger_of(rec.value)
                     if trigger in sent_at:
-                        latencies.append(now - sent_at[trigger])
-                        hops.append(now - rec.timestamp / 1000)
+                        timed.latencies.append(now - sent_at[trigger])
+                        timed.sent_at.append(sent_at[trigger] - started_at)
+                        timed.hops.append(now - rec.timestamp / 1000)
 
     reader = asyncio.create_task(read())
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     try:
         for i, batch in enumerate(paced):
-            await asyncio.sleep(max(0.0, started + i * tick - time.monotonic()))
+            await asyncio.sleep(max(0.0, started + i * TICK_S - time.monotonic()))
             now = time.time()
             for event_id in batch.purchase_ids:
                 sent_at[event_id] = now
             for (topic, partition), recs in batch.records.items():
-                await kafka.send_records(producer, topic, partition, recs)
+                await kafka.send_records(producer, settings.topic(topic), partition, recs)
         await asyncio.sleep(1.0)  # let the last actions arrive
     finally:
         reader.cancel()
         await producer.stop()
         await consumer.stop()
-    return latencies, hops, sum(len(recs) for batch in paced for recs in batch.records.values())
+    timed.events = sum(len(recs) for batch in paced for recs in batch.records.values())
+    return timed
 
 
 def _percentiles(latencies: list[float]) -> Figures:
@@ -338,24 +361,58 @@ def _latency(base: Settings, rate: float, tmp: Path, seconds: float = 15.0) -> F
     settings = base.model_copy(update={"topic_prefix": f"lat-{uuid.uuid4().hex[:6]}.", "state_dir": tmp / "lat"})
     asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
     catalogue_path = with_delay(tmp, "0s")  # every durable purchase is an action at once
-    catalogue = Catalogue.load(catalogue_path)
+    paced = _paced_batches(settings, Catalogue.load(catalogue_path), rate, seconds)
     worker = WorkerProcess.start(settings, tmp / "latency-worker.log", catalogue=catalogue_path)
     try:
         wait_ready([worker], load_topics(settings.topics_file)[REPARTITION].partitions)
+        # From here on only the run itself: the traffic was generated before the worker started.
         cpu_before, started = worker.cpu_seconds(), time.monotonic()
-        latencies, hops, events = asyncio.run(_latency_run(settings, catalogue, rate, seconds, floor=False))
+        timed = asyncio.run(_latency_run(settings, paced, floor=False))
         cpu_after, elapsed = worker.cpu_seconds(), time.monotonic() - started
-        figures = {"rate": round(rate), **_percentiles(latencies), "action_hop": _percentiles(hops)}
+        figures = {"rate": round(rate), "seconds": seconds, **timed.figures(seconds), "action_hop": _percentiles(timed.hops)}
         if cpu_before is not None and cpu_after is not None:
             # How full the worker was: near one core, queues form and the tail is theirs, whatever the code does.
             figures["worker_cores"] = round((cpu_after - cpu_before) / elapsed, 2)
-            figures["worker_us_per_event"] = round((cpu_after - cpu_before) / events * 1e6, 1)
+            figures["worker_us_per_event"] = round((cpu_after - cpu_before) / timed.events * 1e6, 1)
     finally:
         worker.stop()
+    # The floor under the worker's figure: the same traffic through the same broker, with a process
+    # doing nothing but forwarding each purchase (two trips, as an action makes), and read back
+    # from its input topics (one trip).
+    bare = settings.model_copy(update={"topic_prefix": f"bare-{uuid.uuid4().hex[:6]}."})
+    asyncio.run(apply_topics(bare, load_topics(bare.topics_file)))
+    with _bare_forwarder(bare, tmp / "forwarder.log"):
+        figures["forwarder_floor"] = asyncio.run(_latency_run(bare, paced, floor=False)).figures(seconds)
     floor = settings.model_copy(update={"topic_prefix": f"floor-{uuid.uuid4().hex[:6]}."})
     asyncio.run(apply_topics(floor, load_topics(floor.topics_file)))
-    figures["broker_floor"] = _percentiles(asyncio.run(_latency_run(floor, catalogue, rate, seconds, floor=True))[0])
+    figures["broker_floor"] = asyncio.run(_latency_run(floor, paced, floor=True)).figures(seconds)
     return figures
+
+
+@contextlib.contextmanager
+def _bare_forwarder(settings: Settings, log: Path, start_s: float = 60.0) -> Iterator[None]:
+    """Run ``pipeline.bench.forward`` beside the benchmark, as a process of its own like the worker."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP": settings.bootstrap or "",
+        "OMNI_TOPIC_PREFIX": settings.topic_prefix,
+        "OMNI_TOPICS_FILE": str(settings.topics_file),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.bench.forward"], env=env, stdout=subprocess.PIPE, stderr=open(log, "ab"),
+        preexec_fn=die_with_parent,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as sel:  # a bounded wait for its "ready": a broken start must not hang the run
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            ready = bool(sel.select(start_s)) and proc.stdout.readline().decode().strip() == READY
+        if not ready:
+            raise RuntimeError(f"the bare forwarder did not start within {start_s:.0f} s; see {log}")
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def latency_at(settings: Settings, rate: float, seconds: float = 10.0) -> Figures:
@@ -514,6 +571,12 @@ def _ratios(f: Figures) -> None:
     }
 
 
+def _thirds(timed: Figures) -> str:
+    if "p99_by_third_ms" not in timed:
+        return ""
+    return "; p99 by third of the run " + ", ".join(f"{ms} ms" for ms in timed["p99_by_third_ms"])
+
+
 def render(f: Figures) -> str:
     """The figures as the Markdown table the README carries."""
     quix = f["quix_reference"]
@@ -550,7 +613,8 @@ def render(f: Figures) -> str:
             f"{', '.join(str(x) for x in f['pairs_pipeline_over_quix'])} |")] if f.get("pairs_pipeline_over_quix") else []),
         f"| 2 workers / 1 worker | {r['two_workers_over_one']} |",
         f"| ingest-to-action latency at {lat['rate']:,} events/s (half the 1-worker maximum) | "
-        f"p50 {lat.get('p50_ms')} ms, p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms ({lat['actions']:,} actions) |",
+        f"p50 {lat.get('p50_ms')} ms, p95 {lat.get('p95_ms')} ms, p99 {lat.get('p99_ms')} ms ({lat['actions']:,} actions)"
+        f"{_thirds(lat)} |",
     ]
     if "action_hop" in lat:
         h = lat["action_hop"]
@@ -563,12 +627,15 @@ def render(f: Figures) -> str:
             f"| the worker's CPU during that run (the broker and the load generator run beside it) | "
             f"{lat['worker_cores']} of a core, {lat['worker_us_per_event']} us an event |"
         )
-    if "broker_floor" in lat:
-        b = lat["broker_floor"]
-        lines.append(
-            f"| the broker's floor: the same traffic read back from its input topics, no worker | "
-            f"p50 {b.get('p50_ms')} ms, p95 {b.get('p95_ms')} ms, p99 {b.get('p99_ms')} ms |"
-        )
+    floors = (
+        ("forwarder_floor", "the floor under it: a bare forwarder in the worker's place (the same two trips through "
+         "the broker, no work between them)"),
+        ("broker_floor", "one trip: the same traffic read back from its input topics"),
+    )  # fmt: skip
+    for key, text in floors:
+        if key in lat:
+            b = lat[key]
+            lines.append(f"| {text} | p50 {b.get('p50_ms')} ms, p95 {b.get('p95_ms')} ms, p99 {b.get('p99_ms')} ms{_thirds(b)} |")
     if "profiles" in f:
         p = f["profiles"]
         lines += [

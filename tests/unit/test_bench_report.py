@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pipeline.bench.run import Figures, _median_of, _paired_ratios, _ratios, render
+import orjson
+
+from pipeline.bench.forward import forwarded
+from pipeline.bench.run import Figures, Timed, _median_of, _paired_ratios, _ratios, render
 
 
 def _figures() -> Figures:
@@ -38,3 +41,25 @@ def test_the_headline_ratio_is_median_over_median_and_the_table_shows_the_pairs_
 
 def test_the_table_splits_latency_into_the_actions_own_hop() -> None:
     assert "| of that, the action's own hop: from the worker producing it to its reader | p50 0.5 ms, p95 1.0 ms, p99 1.5 ms |" in render(_figures())
+
+
+def test_the_table_shows_the_floor_a_bare_forwarder_sees_beside_the_workers_latency() -> None:
+    f = _figures()
+    f["latency"]["forwarder_floor"] = {"actions": 10, "p50_ms": 0.4, "p95_ms": 0.8, "p99_ms": 1.2}
+    assert "no work between them) | p50 0.4 ms, p95 0.8 ms, p99 1.2 ms |" in render(f)
+
+
+def test_the_tail_of_each_third_of_a_latency_run_is_its_own() -> None:
+    timed = Timed(latencies=[0.010, 0.020, 0.300, 0.040], sent_at=[0.5, 1.5, 2.5, 3.5], hops=[], events=4)
+    figures = timed.figures(seconds=3.0)  # the last one was sent after the run: in no third
+    assert figures["p99_by_third_ms"] == [10.0, 20.0, 300.0] and figures["p99_ms"] == 300.0
+    f = _figures()
+    f["latency"]["p99_by_third_ms"] = figures["p99_by_third_ms"]
+    assert "(10 actions); p99 by third of the run 10.0 ms, 20.0 ms, 300.0 ms |" in render(f)
+
+
+def test_the_forwarder_passes_on_purchases_only_as_the_latency_reader_reads_actions() -> None:
+    purchase = orjson.dumps({"type": "purchase", "event_id": "e1", "note": "a purchase"})
+    assert orjson.loads(forwarded(purchase) or b"") == {"trigger_event_ids": ["e1"]}
+    assert forwarded(orjson.dumps({"type": "page_view", "event_id": "e2", "note": '"purchase"'})) is None
+    assert forwarded(orjson.dumps({"type": "add_to_cart", "event_id": "e3"})) is None
