@@ -398,10 +398,11 @@ def _bare_forwarder(settings: Settings, log: Path, start_s: float = 60.0) -> Ite
         "OMNI_TOPIC_PREFIX": settings.topic_prefix,
         "OMNI_TOPICS_FILE": str(settings.topics_file),
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.bench.forward"], env=env, stdout=subprocess.PIPE, stderr=open(log, "ab"),
-        preexec_fn=die_with_parent,
-    )  # fmt: skip
+    with open(log, "ab") as errors:  # the child keeps its own copy of the file
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.bench.forward"], env=env, stdout=subprocess.PIPE, stderr=errors,
+            preexec_fn=die_with_parent,
+        )  # fmt: skip
     try:
         assert proc.stdout is not None
         with selectors.DefaultSelector() as sel:  # a bounded wait for its "ready": a broken start must not hang the run
