@@ -46,8 +46,8 @@ from aiokafka.admin import NewTopic
 from pipeline import hot_path_compiled, kafka
 from pipeline.actions.catalogue import Catalogue, with_delay
 from pipeline.actions.rules import write_variant
-from pipeline.bench.reference import PARTITIONS, TOPIC_CONFIG, ReferenceJob, reference_records
 from pipeline.bench.forward import READY
+from pipeline.bench.reference import PARTITIONS, TOPIC_CONFIG, ReferenceJob, reference_records
 from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
 from pipeline.engine.loop import Engine
 from pipeline.ingest.contract import CUSTOMER_CHANNELS
@@ -273,7 +273,7 @@ class Timed:
     """One latency run: per action, send to received (and when in the run it was sent), and its own hop."""
 
     latencies: list[float]
-    sent_at: list[float]  # seconds from the run's start, beside each latency
+    sent_after_s: list[float]  # when each was sent, in seconds from the run's start
     hops: list[float]
     events: int
 
@@ -281,7 +281,7 @@ class Timed:
         """Percentiles, and the p99 of each third of the run: a tail that grows as the run goes on is the
         broker's or a queue's, not the same cost every event pays."""
         thirds = [
-            [lat for lat, at in zip(self.latencies, self.sent_at) if k * seconds / 3 <= at < (k + 1) * seconds / 3]
+            [lat for lat, at in zip(self.latencies, self.sent_after_s) if k * seconds / 3 <= at < (k + 1) * seconds / 3]
             for k in range(3)
         ]
         by_third = [_percentiles(third).get("p99_ms") for third in thirds]
@@ -324,7 +324,7 @@ async def _latency_run(settings: Settings, paced: list[Paced], floor: bool) -> T
                     trigger = trigger_of(rec.value)
                     if trigger in sent_at:
                         timed.latencies.append(now - sent_at[trigger])
-                        timed.sent_at.append(sent_at[trigger] - started_at)
+                        timed.sent_after_s.append(sent_at[trigger] - started_at)
                         timed.hops.append(now - rec.timestamp / 1000)
 
     reader = asyncio.create_task(read())

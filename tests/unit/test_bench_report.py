@@ -50,7 +50,7 @@ def test_the_table_shows_the_floor_a_bare_forwarder_sees_beside_the_workers_late
 
 
 def test_the_tail_of_each_third_of_a_latency_run_is_its_own() -> None:
-    timed = Timed(latencies=[0.010, 0.020, 0.300, 0.040], sent_at=[0.5, 1.5, 2.5, 3.5], hops=[], events=4)
+    timed = Timed(latencies=[0.010, 0.020, 0.300, 0.040], sent_after_s=[0.5, 1.5, 2.5, 3.5], hops=[], events=4)
     figures = timed.figures(seconds=3.0)  # the last one was sent after the run: in no third
     assert figures["p99_by_third_ms"] == [10.0, 20.0, 300.0] and figures["p99_ms"] == 300.0
     f = _figures()
