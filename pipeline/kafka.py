@@ -16,7 +16,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.helpers import create_ssl_context
 
+from pipeline.runtime import producer_id
 from pipeline.settings import Settings
+
+# aiokafka's idempotent producer needs InitProducerId v2+ on Tansu (pipeline.runtime.producer_id).
+producer_id.install()
 
 Headers = Sequence[tuple[str, bytes]]
 
@@ -57,7 +61,10 @@ def producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
         "max_batch_size": settings.producer_max_batch_bytes,
         "max_request_size": settings.producer_max_batch_bytes * 2,
         "acks": "all",
-        "enable_idempotence": False,
+        # A produce whose acknowledgement is lost is retried; without idempotence the broker
+        # writes it twice (an action sent twice, with no crash at all). With it, the broker
+        # drops the retry by its producer id and sequence number.
+        "enable_idempotence": True,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)  # type: ignore[arg-type]

@@ -39,10 +39,14 @@ def broker_binary(settings: Settings) -> str:
 class EmbeddedBroker:
     """A Tansu process on a free loopback port; a context manager that always stops it."""
 
-    def __init__(self, settings: Settings, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, settings: Settings, port: int | None = None, log_path: Path | None = None, advertised_port: int | None = None
+    ) -> None:
         self.binary = broker_binary(settings)
         self.port = port or free_port()
         self.log_path = log_path
+        # Another port to announce in metadata (a fault proxy's): clients then reach the broker only through it.
+        self.advertised_port = advertised_port or self.port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,9 +55,10 @@ class EmbeddedBroker:
 
     def start(self, timeout_s: float = 20.0) -> "EmbeddedBroker":
         url = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
