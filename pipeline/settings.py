@@ -97,6 +97,11 @@ class Settings(BaseModel):
         5.0, description="encoding time a checkpoint may take between two batches (it is spread out, not one stall)"
     )
     state_cache_keys: int = Field(2_000, description="decoded values kept per state partition after a checkpoint")
+    # --- fault injection (tests and `omni chaos` only; pipeline.runtime.faults) ---
+    fault_torn_checkpoint: int | None = Field(
+        None, description="testing only: tear the first checkpoint that changes this state partition and another "
+        "(write its part alone, then exit)"
+    )
     rocksdb_write_buffer_mb: int = Field(8, description="RocksDB memtable size per state partition")
     poll_timeout_ms: int = 20
     # Tansu answers a Fetch only when its max wait runs out, even once data has

@@ -42,6 +42,7 @@ from pipeline.engine.job import Job, Outbox
 from pipeline.engine.routing import RoutingAssignor
 from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
+from pipeline.runtime import faults
 from pipeline.settings import Settings
 from pipeline.state.base import Store
 from pipeline.state.changelog import restore
@@ -282,6 +283,9 @@ class Engine:
             if record is not None:
                 items.append((FENCE_KEY, record))  # last: a crash landing part of the checkpoint keeps the old marks
         taken = [(state, items) for state, items in taken if items]
+        torn = faults.tear([(state.partition, (state, items)) for state, items in taken], self.settings.fault_torn_checkpoint)
+        if torn is not None:
+            taken = [part for _, part in torn]
         # 2. State: changelog first (all partitions in parallel), then RocksDB with the offset.
         #    The other order would leave RocksDB ahead of the changelog, and a new owner of
         #    the partition, restoring from the changelog, would miss those writes.
@@ -301,6 +305,8 @@ class Engine:
             state.txn.flushed()
             if items[-1][0] == FENCE_KEY:
                 state.fence.written = items[-1][1]
+        if torn is not None:
+            faults.die_torn(torn[0][0])
         # 3. Only now the input offsets: everything before them is durable.
         if offsets:
             try:

@@ -137,6 +137,8 @@ class Processor:
     def _apply_to_profile(self, state: PartitionState, pid: str, profile: dict[str, Any], event: dict[str, Any], out: Outbox) -> bool:
         if seen_before(profile, event["event_id"], self.limits):
             self.tally.duplicates += 1
+            for play in self.by_trigger.get(event["type"], ()):
+                play.send_again(profile, event, out)  # what a torn checkpoint may have lost (Play.send_again)
             return False
         self.applied += 1
         apply_event(profile, event, self.limits)

@@ -229,13 +229,34 @@ class IdentityProtocol:
 
     def _apply(self, state: PartitionState, pid: str, profile: dict[str, Any], event: dict[str, Any], out: Outbox) -> None:
         if not self.apply_event(state, pid, profile, event, out):
-            return  # a duplicate: its claims went out the first time
+            self._claim_again(pid, profile, event, out)
+            return
         owned = profile["identifiers"]
         for kind, value in event["identifiers"].items():
             values = owned.get(kind)
             if values and values[-1] == value:
                 continue  # the usual case: held, and the one used last time
             self._claim(pid, profile, f"{kind}:{value}", event["event_id"], out, event["ts"])
+
+    def _claim_again(self, pid: str, profile: dict[str, Any], event: dict[str, Any], out: Outbox) -> None:
+        """A duplicate event: claim again every identifier of it the profile holds.
+
+        The first time, the claims may have run at once in this worker (``claim`` is a local
+        op) and a crash may have landed the profile's part of the checkpoint but not the
+        identifier's, which is written to another changelog partition. The replayed event is
+        then a duplicate here, and without these claims the identifier would stay unowned:
+        its next event would found a second profile for the same person, for good. A claim
+        is idempotent (the owner answers ``claimed`` again, another owner ``conflict``, which
+        merges as the first time would have), and duplicates are rare: replays and retries.
+        """
+        owned = profile["identifiers"]
+        for kind, value in event["identifiers"].items():
+            ident = f"{kind}:{value}"
+            if ident == pid or value not in owned.get(kind, ()):
+                continue  # the profile itself, or left out since (a refused merge): nothing to claim
+            if ident not in profile["claims"]:
+                profile["claims"].append(ident)  # so that a conflict is heard, not taken for a repeat
+            out.append((ident, {"op": "claim", "profile": pid, "trigger": event["event_id"], "at": event["ts"]}))
 
     def _claim(self, pid: str, profile: dict[str, Any], ident: str, trigger: str, out: Outbox, at: float | None = None) -> None:
         kind, value = split_id(ident)

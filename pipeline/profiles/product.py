@@ -15,6 +15,7 @@ from pipeline.state.partition import PartitionState
 ONLINE = "online"
 PRODUCT_OPS = frozenset({"product", "interest", "unwait"})
 RECENT_UPDATES = 8  # update ids remembered per location, so a redelivered one is recognised
+NOTIFIED_KEPT = 2  # restocks whose notices are kept, to send again when the update comes again
 
 
 def new_product(key: str) -> dict[str, Any]:
@@ -57,9 +58,13 @@ def product_step(state: PartitionState, key: str, msg: dict[str, Any], out: list
     product = state.txn.get(skey)
     if msg["op"] == "unwait":  # an erased customer (and every profile merged into it) leaves the list
         waiting = (product or {}).get("waiting", {})
-        if any(profile in waiting for profile in msg["profiles"]):
-            for profile in msg["profiles"]:
+        gone = set(msg["profiles"])
+        notified = (product or {}).get("notified", [])
+        if gone & set(waiting) or any(profile in gone for n in notified for profile, _ in n["notices"]):
+            for profile in gone:
                 waiting.pop(profile, None)
+            for n in notified:  # nor kept among the notices to send again
+                n["notices"] = [(profile, notice) for profile, notice in n["notices"] if profile not in gone]
             state.txn.set(skey, product)
         return None
     if msg["op"] == "interest":
@@ -68,8 +73,11 @@ def product_step(state: PartitionState, key: str, msg: dict[str, Any], out: list
         waiting = product.setdefault("waiting", {})
         if msg["profile"] not in waiting and len(waiting) >= max_waiting:
             return "waiting_full"
-        if msg["profile"] not in waiting:  # the profile keeps a list of where it waits: erasure must find it
-            out.append((msg["profile"], {"op": "notice", "about": "waiting", "sku": key.partition(":")[2]}))
+        # The profile keeps a list of where it waits, so that erasure finds it. Told every time, not
+        # only when it joins: the first notice may have run at once in this worker and been lost with
+        # a torn checkpoint (the profile's changelog part lost, ours landed), and the profile's
+        # replayed event sends its interest again; a repeat changes nothing at the profile.
+        out.append((msg["profile"], {"op": "notice", "about": "waiting", "sku": key.partition(":")[2]}))
         waiting[msg["profile"]] = [msg["ts"], msg["event_id"]]
         state.txn.set(skey, product)
         return None
@@ -77,15 +85,25 @@ def product_step(state: PartitionState, key: str, msg: dict[str, Any], out: list
     product = product or new_product(key)
     before = set(available_at(product))
     if not apply_inventory(product, event):
+        # An update applied before (a replay): its notices go out again. They may have run at once
+        # in this worker and been lost with a torn checkpoint while the product's part landed; the
+        # waiting list they came from may be gone (cleared by the restock), so they are kept.
+        for notified in product.get("notified", ()):
+            if notified["event_id"] == event["event_id"]:
+                out.extend((profile, notice) for profile, notice in notified["notices"])
         return "stock"
     now_at = available_at(product)
     restocked = [location for location in now_at if location not in before]
     if restocked and product.get("waiting"):
         sku = key.partition(":")[2]
+        notices = []
         for profile, (interest_ts, interest_event) in product["waiting"].items():
             notice = {"op": "notice", "about": "back_in_stock", "sku": sku, "where": now_at, "ts": event["ts"],
                       "event_id": event["event_id"], "interest_ts": interest_ts, "interest_event_id": interest_event}  # fmt: skip
-            out.append((profile, notice))
+            notices.append((profile, notice))
+        out.extend(notices)
+        kept = product.get("notified", [])[-(NOTIFIED_KEPT - 1):]
+        product["notified"] = [*kept, {"event_id": event["event_id"], "notices": notices}]
         if ONLINE in restocked:
             del product["waiting"]
     state.txn.set(skey, product)

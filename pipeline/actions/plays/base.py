@@ -83,6 +83,14 @@ class Play:
     def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
         """React to an event just applied to ``profile``."""
 
+    def send_again(self, profile: Profile, event: dict[str, Any], sends: Sends) -> None:
+        """An event applied before came again (a replay): send again what ``on_event`` sent to other actors.
+
+        Those messages may run at once in this worker, in another state partition, and a crash
+        can land the profile's part of a checkpoint without the other's: only a second send
+        restores them. Every receiver takes a repeat as a repeat.
+        """
+
     def on_notice(self, profile: Profile, notice: dict[str, Any], timers: Timers) -> None:
         """React to a message from another actor."""
 

@@ -24,8 +24,10 @@ class BackInStock(Play):
     notices = frozenset({NOTICE})
 
     def on_event(self, profile: Profile, event: dict[str, Any], timers: Timers, sends: Sends) -> None:
-        sku = event["properties"]["sku"]
-        sends.append((f"sku:{sku}", {"op": "interest", "profile": profile["id"], "ts": event["ts"], "event_id": event["event_id"]}))
+        sends.append(_interest(profile, event))
+
+    def send_again(self, profile: Profile, event: dict[str, Any], sends: Sends) -> None:
+        sends.append(_interest(profile, event))  # the product keeps one entry per profile: a repeat changes nothing
 
     def on_notice(self, profile: Profile, notice: dict[str, Any], timers: Timers) -> None:
         sku = notice["sku"]
@@ -63,3 +65,8 @@ class BackInStock(Play):
         stores = profile.get("stores", {})
         theirs = [s for s in available if s in stores]
         return max(theirs, key=lambda s: stores[s]) if theirs else None
+
+
+def _interest(profile: Profile, event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    sku = event["properties"]["sku"]
+    return f"sku:{sku}", {"op": "interest", "profile": profile["id"], "ts": event["ts"], "event_id": event["event_id"]}
