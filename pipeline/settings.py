@@ -98,6 +98,9 @@ class Settings(BaseModel):
     )
     state_cache_keys: int = Field(2_000, description="decoded values kept per state partition after a checkpoint")
     # --- fault injection (tests and `omni chaos` only; pipeline.runtime.faults) ---
+    fault_revoke_error: bool = Field(
+        False, description="testing only: the checkpoint taken when partitions are revoked fails"
+    )
     fault_torn_checkpoint: int | None = Field(
         None, description="testing only: tear the first checkpoint that changes this state partition and another "
         "(write its part alone, then exit)"

@@ -80,6 +80,7 @@ class Engine:
         self._lag_shown: set[TopicPartition] = set()  # partitions with an omni_consumer_lag series
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
+        self.failed: BaseException | None = None  # a failure outside the loop that must stop it (a revoke's drain)
         # Joins the group with our web address; every member learns who owns which partition.
         self.routing = RoutingAssignor(f"http://{settings.web_host}:{settings.web_port}", job.state_topic)
         self.consumer: AIOKafkaConsumer
@@ -123,16 +124,19 @@ class Engine:
 
     async def stop(self) -> None:
         self.stopping.set()
-        async with self.lock:
-            try:
-                await self.drain()
-            finally:
-                await self.consumer.stop()  # leaves the group: the others rebalance at once
-                await self.restorer.stop()
-                await self.changelog_producer.stop()
-                await self.producer.stop()
-                for p in list(self.state):
-                    self._close_partition(p)
+        try:
+            async with self.lock:
+                if self.failed is None:
+                    await self.drain()
+        finally:
+            # Without the lock: stopping the consumer waits for a rebalance in progress, whose
+            # listener waits for the lock (a worker stopped mid-rebalance hung here for good).
+            await self.consumer.stop()  # leaves the group: the others rebalance at once
+            await self.restorer.stop()
+            await self.changelog_producer.stop()
+            await self.producer.stop()
+            for p in list(self.state):
+                self._close_partition(p)
 
     async def run(self) -> None:
         s = self.settings
@@ -167,6 +171,26 @@ class Engine:
                 self.job.housekeeping(self.state, self.metrics)
                 await self._update_lag()
                 last_lag = time.monotonic()
+        if self.failed is not None:
+            raise RuntimeError("the worker gave up its partitions and cannot go on") from self.failed
+
+    def abandon(self, failure: BaseException) -> None:
+        """Own nothing from now on, after a failure that may have lost writes; the loop then raises it.
+
+        Nothing more is written or committed: not the checkpoint being built or flushed, not the
+        offsets processed since the last one (committing them would skip input whose effects are
+        not durable). The partitions' next owners replay from the last commit.
+        """
+        self.failed = failure
+        self.stopping.set()
+        self._building = None
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            self._flush_task = None
+        self.next_offsets = {}
+        self.in_flight = []
+        for p in list(self.state):
+            self._close_partition(p)
 
     # --- processing ---------------------------------------------------------------------
 
@@ -444,8 +468,20 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         engine = self.engine
+        if engine.failed is not None:
+            return  # owns nothing any more
         async with engine.lock:
-            await engine.drain()
+            try:
+                if engine.settings.fault_revoke_error and revoked:
+                    raise faults.InjectedFault("the checkpoint before a rebalance failed (fault injection)")
+                await engine.drain()
+            except Exception as exc:
+                # aiokafka logs what a listener raises and goes on with the rebalance: the partitions
+                # would stay open here, firing timers and writing the changelog, in a worker that no
+                # longer owns them. Their state since the last checkpoint is not durable; their new
+                # owner replays it. Give them up, and stop the worker (the loop raises it).
+                log.error("the checkpoint before a rebalance failed; giving up every partition and stopping: %r", exc)
+                engine.abandon(exc)
             for tp in revoked:
                 if tp.topic == engine.job.state_topic:
                     engine._close_partition(tp.partition)
@@ -455,6 +491,8 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         engine = self.engine
+        if engine.stopping.is_set():
+            return  # leaving the group (or failed): whoever owns these next restores them
         async with engine.lock:
             new = sorted(
                 tp.partition for tp in assigned if tp.topic == engine.job.state_topic and tp.partition not in engine.state

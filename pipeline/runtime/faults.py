@@ -28,6 +28,10 @@ def tear(parts: list[tuple[int, Part]], partition: int | None) -> list[tuple[int
     return [(p, part) for p, part in parts if p == partition]
 
 
+class InjectedFault(RuntimeError):
+    """A failure raised on purpose where a real one (a broker refusing writes) would be raised."""
+
+
 def die_torn(partition: int) -> None:
     log.error("fault injection: checkpoint torn after state partition %d's part; exiting", partition)
     logging.shutdown()
