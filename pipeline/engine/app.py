@@ -111,6 +111,7 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_ssl_context=settings.web_server_ssl(),  # https: peers and callers reach it over TLS only
     )
     # Producer-only: Faust starts its web server and producer but no consumer. The engine
     # has its own; a second, idle consumer group would add a join (about 3 s on Tansu)

@@ -80,7 +80,7 @@ class Engine:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         # Joins the group with our web address; every member learns who owns which partition.
-        self.routing = RoutingAssignor(f"http://{settings.web_host}:{settings.web_port}", job.state_topic)
+        self.routing = RoutingAssignor(settings.web_url, job.state_topic, settings.web_scheme)
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
         self.changelog_producer: AIOKafkaProducer
