@@ -3,9 +3,11 @@ profiles, need the token. The app is served in this process; nothing here needs 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import generate_latest
@@ -13,8 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.app import create_app
+from pipeline.ops.broker import free_port
 from pipeline.ops.metrics import Metrics
 from pipeline.settings import Settings
+from tests.helpers import issue_certificate
 
 TOKEN = "unit-token"
 LEDGER = {
@@ -74,3 +78,22 @@ async def test_no_token_configured_lets_nobody_read_business_metrics(tmp_path: P
         for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
             assert (await http.get("/metrics/business", headers=headers)).status == 401
         assert (await http.get("/metrics")).status == 200
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to issue test certificates")
+async def test_with_https_the_worker_serves_its_api_over_tls_only(tmp_path: Path) -> None:
+    cafile, cert, key = issue_certificate(tmp_path / "ca", "omni-test-ca")
+    settings = Settings(api_token=TOKEN, state_dir=tmp_path / "state", web_port=free_port(), web_scheme="https",
+                        web_tls_certfile=cert, web_tls_keyfile=key, web_tls_cafile=cafile)  # fmt: skip
+    app = create_app(settings, Catalogue.load(settings.catalogue_file))
+    app.web.init_server()
+    await app.web.start_server()  # as the worker does: Faust's server, with the settings' TLS
+    try:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with http.get(f"{settings.web_url}/metrics/business", headers=headers, ssl=settings.web_client_ssl()) as resp:
+                assert settings.web_url.startswith("https://") and resp.status == 200
+            with pytest.raises(aiohttp.ClientError):  # the same port in plain http: no answer
+                await http.get(f"http://127.0.0.1:{settings.web_port}/metrics")
+    finally:
+        await app.web.stop_server()

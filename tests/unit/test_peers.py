@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +21,7 @@ from pipeline.engine.lookup import HOPS_HEADER, ProfileLookup
 from pipeline.engine.routing import RoutingAssignor, peer_address
 from pipeline.engine.rulestats import RuleStats
 from pipeline.settings import Settings
+from tests.helpers import issue_certificate
 
 TOKEN = "peer-token"
 PARTITIONS = 4
@@ -203,26 +203,10 @@ async def test_the_rule_figures_ask_only_checked_owners(peers: Any, tmp_path: Pa
     assert stats["complete"] is False and stats["partitions"] == [1]
 
 
-def issue(directory: Path, ca: str) -> tuple[Path, Path, Path]:
-    """A CA, and a certificate it signs for 127.0.0.1: (CA bundle, certificate, key)."""
-    directory.mkdir(parents=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", f"/CN={ca}")
-    openssl("req", *ec, "-keyout", "key.pem", "-out", "worker.csr", "-subj", "/CN=127.0.0.1")
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "worker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "cert.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
-    return directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl to issue test certificates")
 async def test_over_https_the_token_goes_only_to_a_peer_the_configured_ca_vouches_for(peers: Any, tmp_path: Path) -> None:
-    cafile, cert, key = issue(tmp_path / "ours", "omni-test-ca")
-    _, other_cert, other_key = issue(tmp_path / "theirs", "someone-else")
+    cafile, cert, key = issue_certificate(tmp_path / "ours", "omni-test-ca")
+    _, other_cert, other_key = issue_certificate(tmp_path / "theirs", "someone-else")
     ours = Settings(web_scheme="https", web_tls_certfile=cert, web_tls_keyfile=key, state_dir=tmp_path)
     theirs = Settings(web_scheme="https", web_tls_certfile=other_cert, web_tls_keyfile=other_key, state_dir=tmp_path)
     peer, impostor = await peers(tls=ours.web_server_ssl()), await peers(tls=theirs.web_server_ssl())
