@@ -113,7 +113,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     app = create_app(settings, catalogue)
     from pipeline import hot_path_compiled
 
-    print(f"metrics: http://{settings.web_host}:{settings.web_port}/metrics", flush=True)
+    print(f"metrics: {settings.web_url}/metrics", flush=True)
     print(f"hot path: {'compiled' if hot_path_compiled() else 'interpreted (run `make build` to compile it)'}", flush=True)
     QuietWorker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
@@ -140,9 +140,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     from pipeline.measure.report import fetch, page, table
 
     settings = _settings()
-    url = args.url or f"http://{settings.web_host}:{settings.web_port}"
+    url = args.url or settings.web_url
     try:
-        stats = fetch(url, settings.auth_headers)
+        stats = fetch(url, settings.auth_headers, settings.web_client_ssl())
     except OSError as exc:
         sys.exit(f"no worker answered at {url}/rules/stats: {exc}")
     print(table(stats))

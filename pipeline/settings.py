@@ -8,11 +8,12 @@ case), except the broker address, which follows the common ``KAFKA_BOOTSTRAP``.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from pipeline.identity.rules import DEFAULT_LIMITS, IdentityRules
 
@@ -68,7 +69,18 @@ class Settings(BaseModel):
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     api_token: str | None = Field(
-        None, description="bearer token the profile and rule APIs require; unset, they answer 401 to everyone"
+        None,
+        description="bearer token the profile and rule APIs and /metrics/business require; unset, they answer 401 to everyone",
+    )
+    # Workers pass requests on to each other with the token, to the address each announced to the
+    # consumer group: only in this scheme, so with https a token never travels in the clear.
+    web_scheme: Literal["http", "https"] = Field(
+        "http", description="how every worker's API is served and reached; https serves TLS (OMNI_WEB_TLS_*)"
+    )
+    web_tls_certfile: Path | None = Field(None, description="this worker's certificate (https), valid for OMNI_WEB_HOST")
+    web_tls_keyfile: Path | None = Field(None, description="the certificate's key")
+    web_tls_cafile: Path | None = Field(
+        None, description="CA bundle that signed the workers' certificates, which peers verify; unset, the system's"
     )
     # Tansu makes a joining member wait half the session timeout for others
     # (measured: 10 s -> 5 s, 6 s -> 3 s). Shorter means faster starts and
@@ -170,6 +182,12 @@ class Settings(BaseModel):
     mail_from: str = Field("offers@example.com", description="the sender's From address")
     sender_state_dir: Path = Field(Path(".sender"), description="where the sender remembers the actions it delivered")
 
+    @model_validator(mode="after")
+    def _tls_complete(self) -> "Settings":
+        if self.web_scheme == "https" and not (self.web_tls_certfile and self.web_tls_keyfile):
+            raise ValueError("OMNI_WEB_SCHEME=https needs OMNI_WEB_TLS_CERTFILE and OMNI_WEB_TLS_KEYFILE")
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> "Settings":
         env = os.environ if environ is None else environ
@@ -194,6 +212,26 @@ class Settings(BaseModel):
     def topic(self, name: str) -> str:
         """The physical name of a logical topic."""
         return f"{self.topic_prefix}{name}"
+
+    @property
+    def web_url(self) -> str:
+        """This worker's API as it announces it to the group: ``scheme://host:port``."""
+        host = f"[{self.web_host}]" if ":" in self.web_host else self.web_host
+        return f"{self.web_scheme}://{host}:{self.web_port}"
+
+    def web_server_ssl(self) -> ssl.SSLContext | None:
+        """TLS for the worker's web server (https), else None."""
+        if self.web_scheme != "https" or self.web_tls_certfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.web_tls_certfile, self.web_tls_keyfile)
+        return context
+
+    def web_client_ssl(self) -> ssl.SSLContext | None:
+        """TLS for calls to another worker's API (https): its certificate checked against OMNI_WEB_TLS_CAFILE."""
+        if self.web_scheme != "https":
+            return None
+        return ssl.create_default_context(cafile=self.web_tls_cafile)
 
     @property
     def auth_headers(self) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -177,3 +178,19 @@ async def running_engine(settings: Settings, catalogue_path: Path | None = None)
         engine.stopping.set()
         await asyncio.wait_for(task, timeout=10)
         await engine.stop()
+
+
+def issue_certificate(directory: Path, ca: str) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signs for 127.0.0.1: (CA bundle, certificate, key)."""
+    directory.mkdir(parents=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", f"/CN={ca}")
+    openssl("req", *ec, "-keyout", "key.pem", "-out", "worker.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "worker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "cert.pem", "-days", "1", "-extfile", "san.ext")  # fmt: skip
+    return directory / "ca.pem", directory / "cert.pem", directory / "key.pem"

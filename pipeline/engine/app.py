@@ -84,10 +84,11 @@ def _hops(request: faust.web.Request) -> int:
 
 
 def _authorised(settings: Settings, request: faust.web.Request) -> bool:
-    """The profile and rule APIs carry personal data and business figures: a bearer token, always.
+    """The profile and rule APIs and /metrics/business carry personal data or business figures: a bearer
+    token, always.
 
     With no token configured nobody is let in (secure by default); /metrics and /health stay open,
-    since they carry neither.
+    since they carry neither (``pipeline/ops/metrics.py`` says which figure goes where).
     """
     expected = settings.api_token
     given = request.headers.get("Authorization", "")
@@ -110,6 +111,7 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_ssl_context=settings.web_server_ssl(),  # https: peers and callers reach it over TLS only
     )
     # Producer-only: Faust starts its web server and producer but no consumer. The engine
     # has its own; a second, idle consumer group would add a join (about 3 s on Tansu)
@@ -123,6 +125,13 @@ def create_app(settings: Settings, catalogue: Catalogue, metrics: Metrics | None
     @app.page("/metrics")
     async def metrics_page(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         return self.bytes(generate_latest(metrics.registry), content_type=METRICS_CONTENT_TYPE)
+
+    @app.page("/metrics/business")
+    async def business_metrics_page(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """Per-rule conversions, revenue and outcomes (``omni_rule``), for a Prometheus that holds the token."""
+        if not _authorised(settings, request):
+            return self.json({"error": "missing or wrong bearer token (OMNI_API_TOKEN)"}, status=401)
+        return self.bytes(generate_latest(metrics.business), content_type=METRICS_CONTENT_TYPE)
 
     @app.page("/health")
     async def health_page(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:

@@ -5,7 +5,10 @@ the partition of its id, and a merged profile points on to its survivor: each
 step is answered by the worker that owns that partition, found through the group's
 routing map (``routing.py``); a request for another worker's partition is passed
 on to it, at most ``MAX_HOPS`` times, so a map gone stale mid-rebalance cannot
-bounce a request around for ever.
+bounce a request around for ever. It goes with the API token, so only to an
+address the map's checks let through (``routing.peer_address``: the configured
+scheme, one host and port), never following a redirect; an owner whose announced
+address was refused gets no request and the caller a 502.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ProfileLookup:
         self.engine = engine
         self.region = region
         self.partitions = engine.job.partition_counts[engine.job.state_topic]
+        self.ssl = engine.settings.web_client_ssl() or True  # https: peers' certificates checked
 
     async def answer(self, query: Mapping[str, str], hops: int) -> Answer:
         """``?email=...`` (any identifier type) or ``?id=<profile id>``: the unified profile."""
@@ -72,15 +76,23 @@ class ProfileLookup:
         state = self.engine.state.get(partition)
         if state is not None:
             return state, None
-        url = self.engine.routing.owners.get(partition)
-        if url is None or hops >= MAX_HOPS:
+        routing = self.engine.routing
+        url = routing.owners.get(partition)
+        if hops >= MAX_HOPS or (url is None and partition not in routing.refused):
             return None, (503, {"error": f"partition {partition} has no known owner right now; retry"})
-        async with aiohttp.ClientSession() as session:
-            async with session.get(
-                f"{url}/profiles", params=dict(query), headers={HOPS_HEADER: str(hops + 1), **self.engine.settings.auth_headers},
-                timeout=aiohttp.ClientTimeout(total=5),
-            ) as resp:  # fmt: skip
-                return None, (resp.status, await resp.json())
+        if url is None:  # announced, and refused: the token does not go there
+            why = routing.refused[partition]
+            return None, (502, {"error": f"the owner of partition {partition} announced an address this worker does not "
+                                         f"send the token to ({why}); see the workers' logs"})  # fmt: skip
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(
+                    f"{url}/profiles", params=dict(query), headers={HOPS_HEADER: str(hops + 1), **self.engine.settings.auth_headers},
+                    timeout=aiohttp.ClientTimeout(total=5), allow_redirects=False, ssl=self.ssl,
+                ) as resp:  # fmt: skip
+                    return None, (resp.status, await resp.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return None, (502, {"error": f"the owner of partition {partition} ({url}) gave no answer: {exc!r}"})
 
 
 def _view(profile: dict[str, Any]) -> dict[str, Any]:

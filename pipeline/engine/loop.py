@@ -82,7 +82,7 @@ class Engine:
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None  # a failure outside the loop that must stop it (a revoke's drain)
         # Joins the group with our web address; every member learns who owns which partition.
-        self.routing = RoutingAssignor(f"http://{settings.web_host}:{settings.web_port}", job.state_topic)
+        self.routing = RoutingAssignor(settings.web_url, job.state_topic, settings.web_scheme)
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
         self.changelog_producer: AIOKafkaProducer

@@ -2,8 +2,9 @@
 
 Any worker answers ``GET /rules/stats``: it sums the ledgers of the partitions it
 owns and asks each other worker (found through the consumer group's routing map,
-like the profile lookup) for theirs with ``?local=1``. ``complete`` says whether
-every partition was counted; while a rebalance settles it may not be.
+like the profile lookup, and to the same checked addresses only) for theirs with
+``?local=1``. ``complete`` says whether every partition was counted; while a
+rebalance settles, or while an owner's announced address is refused, it is not.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class RuleStats:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.partitions = engine.job.partition_counts[engine.job.state_topic]
+        self.ssl = engine.settings.web_client_ssl() or True  # https: peers' certificates checked
 
     def local(self) -> dict[str, Any]:
         """This worker's ledgers, one per partition it owns, so a caller never counts a partition twice."""
@@ -34,7 +36,8 @@ class RuleStats:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5), headers=headers) as session:
             for url in sorted(peers):
                 try:
-                    async with session.get(f"{url}/rules/stats", params={"local": "1"}) as resp:
+                    get = session.get(f"{url}/rules/stats", params={"local": "1"}, allow_redirects=False, ssl=self.ssl)
+                    async with get as resp:
                         if resp.status != 200:
                             continue  # reported as incomplete below
                         theirs = (await resp.json())["ledgers"]

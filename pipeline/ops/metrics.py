@@ -1,5 +1,16 @@
 """Prometheus metrics of the worker. Labels never carry identifiers or other personal data.
 
+Two registries, because they are shown to different people:
+
+* ``registry``, the operational figures, served on ``/metrics`` to anyone: what the pipeline did
+  and how it is doing (events in, dead letters, latency, lag, checkpoints, profiles and timers
+  held, actions emitted or not sent per rule and channel). Counts of the pipeline's own work.
+* ``business``, served on ``/metrics/business`` only with the API token: what each play earns
+  and how customers answered it, the ledger's ``omni_rule`` (per rule, treated and holdout:
+  touches, conversions, revenue, delivered, opened, clicked, bounced...). A business figure is
+  money, a conversion or an outcome: anything that says how customers responded, not what the
+  pipeline did.
+
 The hot path counts into plain dicts per batch and adds them here once per
 batch: a labelled ``inc()`` per event would cost more than validating it.
 """
@@ -44,8 +55,9 @@ class BatchHistogram(Collector):
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None, business: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()  # /metrics, open
+        self.business = business or CollectorRegistry()  # /metrics/business, behind the API token
         r = self.registry
         self.events_in = Counter("omni_events_in", "Valid events ingested", ["channel", "type"], registry=r)
         self.deadletter = Counter("omni_deadletter", "Records sent to the dead-letter topic", ["reason", "topic"], registry=r)
@@ -102,9 +114,10 @@ class Metrics:
         self.partitions_owned = Gauge("omni_partitions_owned", "State partitions this worker owns", registry=r)
         # Per-rule measurement, from the ledgers of the partitions this worker owns: durable totals, not
         # counters of this process, so sum() over the workers is the whole, whatever moved where.
+        # Business figures: in the registry behind the token, never on the open page.
         self.rule_counts = Gauge(
             "omni_rule", "Per rule and group (treated, holdout): sent, held, touches, conversions, revenue, "
-            "delivered, opened, clicked, bounced, converted, failed", ["rule", "group", "what"], registry=r,
+            "delivered, opened, clicked, bounced, converted, failed", ["rule", "group", "what"], registry=self.business,
         )  # fmt: skip
         self.profiles = Gauge("omni_profiles", "Live customer profiles in the state partitions this worker owns", registry=r)
         self.timers_overdue = Gauge(

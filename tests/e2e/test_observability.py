@@ -1,5 +1,6 @@
-"""What ops see: a live worker's /metrics against the dashboard and alert rules, no personal data in any
-label, and a real Prometheus scraping a worker and answering queries."""
+"""What ops see: a live worker's /metrics and /metrics/business against the dashboard and alert rules, no
+business figure on the open page, no personal data in any label, and a real Prometheus scraping a worker
+(the business page with the token) and answering queries."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from pipeline.simulate.population import Population
 from tests.helpers import create_topics, produce
 
 DEPLOY = PROJECT_ROOT / "deploy"
+TOKEN = "the-test-token"  # the settings fixture's OMNI_API_TOKEN
 
 
 @pytest.fixture
@@ -86,7 +89,18 @@ def test_dashboard_and_alerts_use_only_what_a_live_worker_exposes_and_no_label_h
 ) -> None:
     worker, identifiers = busy_worker
     with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
+        open_text = resp.read().decode()
+    with pytest.raises(urllib.error.HTTPError) as refused:  # business figures: not without the token
+        urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics/business", timeout=5)
+    assert refused.value.code == 401
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{worker.port}/metrics/business", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        business_text = resp.read().decode()
+    assert "omni_rule" not in {f.name for f in text_string_to_metric_families(open_text)}
+    assert {f.name for f in text_string_to_metric_families(business_text)} == {"omni_rule"}
+    text = open_text + business_text
     names = live_names(text)
     rules = yaml.safe_load((DEPLOY / "prometheus" / "rules.yml").read_text())
     exprs = panel_exprs() + [r["expr"] for g in rules["groups"] for r in g["rules"]]
@@ -114,7 +128,11 @@ def test_a_real_prometheus_scrapes_the_worker_and_answers_queries(
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", evaluation_interval="1s")
     config["rule_files"] = [str(DEPLOY / "prometheus" / "rules.yml")]
-    config["scrape_configs"][0]["static_configs"] = [{"targets": [f"127.0.0.1:{worker.port}"]}]
+    (tmp_path / "omni-api-token").write_text(TOKEN)
+    for job in config["scrape_configs"]:  # /metrics, and /metrics/business with the token
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{worker.port}"]}]
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(tmp_path / "omni-api-token")
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     server = subprocess.Popen(
@@ -132,6 +150,7 @@ def test_a_real_prometheus_scrapes_the_worker_and_answers_queries(
         deadline, answers = time.monotonic() + 60, {}
         wanted = {
             "up": 'up{job="omni-worker"}',
+            "business_up": 'up{job="omni-business"}',
             "events": "sum(omni_events_in_total)",
             "profiles": "sum(omni_profiles)",
             "dead": "sum by (reason) (omni_deadletter_total)",
@@ -147,6 +166,7 @@ def test_a_real_prometheus_scrapes_the_worker_and_answers_queries(
             time.sleep(0.5)
         assert set(answers) == set(wanted), (tmp_path / "prometheus.log").read_text()[-2000:]
         assert float(answers["up"][0]["value"][1]) == 1.0
+        assert float(answers["business_up"][0]["value"][1]) == 1.0  # the token was taken
         assert float(answers["events"][0]["value"][1]) > 0 and float(answers["profiles"][0]["value"][1]) > 0
         assert {r["metric"]["reason"] for r in answers["dead"]}  # the bad records, by reason
         rules = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).read())

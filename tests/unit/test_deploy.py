@@ -6,9 +6,11 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from pipeline.settings import PROJECT_ROOT
 
@@ -18,25 +20,61 @@ needs_promtool = pytest.mark.skipif(
 )
 
 
+CONFIGS = ("prometheus.yml", "compose.yml")
+
+
 @needs_promtool
-def test_rules_are_valid_and_the_negative_uplift_alert_fires_on_made_up_series() -> None:
+def test_rules_are_valid_and_the_negative_uplift_alert_fires_on_made_up_series(tmp_path: Path) -> None:
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool is missing: .ci/run installs Debian's prometheus package"
-    for args in (["check", "rules", "rules.yml"], ["check", "config", "prometheus.yml"], ["check", "config", "compose.yml"]):
-        check = subprocess.run([promtool, *args], cwd=PROMETHEUS, capture_output=True, text=True)
+    # A full check opens the token file a job names, which exists only where Prometheus is deployed:
+    # the configs are checked as they are, with their token files pointed at a stand-in.
+    shutil.copy(PROMETHEUS / "rules.yml", tmp_path / "rules.yml")
+    (tmp_path / "token").write_text("stand-in\n")
+    for name in CONFIGS:
+        config = yaml.safe_load((PROMETHEUS / name).read_text())
+        for job in config["scrape_configs"]:
+            if "authorization" in job:
+                job["authorization"]["credentials_file"] = str(tmp_path / "token")
+        (tmp_path / name).write_text(yaml.safe_dump(config))
+    for args in (["check", "rules", "rules.yml"], *(["check", "config", name] for name in CONFIGS)):
+        check = subprocess.run([promtool, *args], cwd=tmp_path, capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
     test = subprocess.run([promtool, "test", "rules", "rules_test.yml"], cwd=PROMETHEUS, capture_output=True, text=True)
     assert test.returncode == 0, test.stdout + test.stderr
 
 
-def exposed_names() -> set[str]:
-    """Every sample name the worker's registry can expose (counters end in _total, histograms in _bucket...)."""
-    from pipeline.ops.metrics import Metrics
-
+def _names(registry: CollectorRegistry) -> set[str]:
+    """Every sample name a registry can expose (counters end in _total, histograms in _bucket...)."""
     names = set()
-    for family in Metrics().registry.collect():
+    for family in registry.collect():
         names |= {family.name, *(f"{family.name}{suffix}" for suffix in ("_total", "_bucket", "_sum", "_count"))}
     return names
+
+
+def exposed_names() -> set[str]:
+    """What the worker serves: on /metrics, and on /metrics/business with the token."""
+    from pipeline.ops.metrics import Metrics
+
+    metrics = Metrics()
+    return _names(metrics.registry) | _names(metrics.business)
+
+
+def test_prometheus_reads_business_metrics_with_the_token_and_open_ones_without() -> None:
+    """Every config scrapes each worker twice: /metrics openly, /metrics/business with a bearer token from a file."""
+    for name in CONFIGS:
+        jobs = {job["job_name"]: job for job in yaml.safe_load((PROMETHEUS / name).read_text())["scrape_configs"]}
+        assert set(jobs) == {"omni-worker", "omni-business"}, name
+        open_job, business = jobs["omni-worker"], jobs["omni-business"]
+        assert open_job["metrics_path"] == "/metrics" and "authorization" not in open_job
+        assert business["metrics_path"] == "/metrics/business"
+        assert business["authorization"]["type"] == "Bearer" and business["authorization"]["credentials_file"]
+        assert "credentials" not in business["authorization"], "the token belongs in a file, not in the config"
+        assert business["static_configs"] == open_job["static_configs"], name
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert compose["services"]["prometheus"]["secrets"] == ["omni_api_token"]
+    assert compose["secrets"]["omni_api_token"] == {"environment": "OMNI_API_TOKEN"}
+    assert "/run/secrets/omni_api_token" in (PROMETHEUS / "compose.yml").read_text()
 
 
 def metric_names(expr: str) -> set[str]:
