@@ -43,6 +43,7 @@ from pipeline.engine.routing import RoutingAssignor
 from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
 from pipeline.runtime import faults
+from pipeline.runtime.lease import Expelled, Lease
 from pipeline.settings import Settings
 from pipeline.state.base import Store
 from pipeline.state.changelog import restore
@@ -81,6 +82,9 @@ class Engine:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None  # a failure outside the loop that must stop it (a revoke's drain)
+        # Membership as a lease (pipeline.runtime.lease): nothing is sent or written past it.
+        self.lease = Lease(settings.session_timeout_ms / 1000, settings.heartbeat_interval_ms / 1000)
+        self.rejoining = False  # gave up every partition after the lease ran out; waiting to be assigned again
         # Joins the group with our web address; every member learns who owns which partition.
         self.routing = RoutingAssignor(settings.web_url, job.state_topic, settings.web_scheme)
         self.consumer: AIOKafkaConsumer
@@ -112,6 +116,7 @@ class Engine:
         await self.restorer.start()
         self.consumer.subscribe(topics=[*self.job.source_topics, self.job.state_topic], listener=_Rebalance(self))
         await self.consumer.start()
+        self.lease.follow(self.consumer._coordinator)
         # Everything allocated so far lives as long as the process: keep the collector from
         # rescanning it on every full collection of the short-lived per-batch objects.
         gc.collect()
@@ -126,8 +131,10 @@ class Engine:
         self.stopping.set()
         try:
             async with self.lock:
-                if self.failed is None:
+                if self.failed is None and not self.rejoining:
                     await self.drain()
+        except Expelled:
+            log.warning("stopping without a last checkpoint: no heartbeat answered for a session timeout")
         finally:
             # Without the lock: stopping the consumer waits for a rebalance in progress, whose
             # listener waits for the lock (a worker stopped mid-rebalance hung here for good).
@@ -146,13 +153,19 @@ class Engine:
             if self.stopping.is_set():
                 break
             async with self.lock:  # held from here: a rebalance must not take these records' partitions
+                if self.rejoining:
+                    continue  # these records are read again from the last commit, once assigned again
                 # A rebalance may have run while we waited for the lock: records of partitions
                 # taken from us are their new owner's, who reads them from the last commit.
                 assigned = self.consumer.assignment()
                 batches = {tp: records for tp, records in batches.items() if tp in assigned and self._owns(tp)}
                 await _let_fetcher_send()
                 started = time.monotonic()
-                await self._process(batches)
+                try:
+                    await self._process(batches)
+                except Expelled:
+                    self._lease_lost()
+                    continue
                 busy = time.monotonic() - started
                 if batches:
                     self.metrics.batch_seconds.observe(busy)
@@ -165,7 +178,11 @@ class Engine:
                     over = uncommitted >= s.max_uncommitted_keys
                     self._encode_checkpoint(math.inf if over else max(s.checkpoint_slice_ms / 1000, busy / 4))
                 elif time.monotonic() - self.last_checkpoint >= s.commit_interval_s or uncommitted >= s.max_uncommitted_keys:
-                    await self.checkpoint()
+                    try:
+                        await self.checkpoint()
+                    except Expelled:
+                        self._lease_lost()
+                        continue
                     self._encode_checkpoint(s.checkpoint_slice_ms / 1000)
             if time.monotonic() - last_lag >= 1.0:
                 self.job.housekeeping(self.state, self.metrics)
@@ -175,14 +192,34 @@ class Engine:
             raise RuntimeError("the worker gave up its partitions and cannot go on") from self.failed
 
     def abandon(self, failure: BaseException) -> None:
-        """Own nothing from now on, after a failure that may have lost writes; the loop then raises it.
-
-        Nothing more is written or committed: not the checkpoint being built or flushed, not the
-        offsets processed since the last one (committing them would skip input whose effects are
-        not durable). The partitions' next owners replay from the last commit.
-        """
+        """Own nothing from now on, after a failure that may have lost writes; the loop then raises it."""
         self.failed = failure
         self.stopping.set()
+        self._give_up_partitions()
+
+    def _lease_lost(self) -> None:
+        """A session timeout passed without an answered heartbeat: the group may have given our partitions away.
+
+        Whatever was not checkpointed is dropped, unsent, and the group is asked to assign
+        partitions again; the ones we get are restored from their changelog and their input
+        read again from the last commit (``on_partitions_assigned``). If nobody took them,
+        this costs a restore; if somebody did, it keeps two owners from writing one partition.
+        """
+        log.warning("no heartbeat answered within the session timeout: giving up every partition until the group "
+                    "assigns them again")  # fmt: skip
+        self.metrics.lease_lost.inc()
+        self._give_up_partitions()
+        self.rejoining = True
+        self.consumer._coordinator.request_rejoin()
+
+    def _give_up_partitions(self) -> None:
+        """Nothing more is written or committed for what is open now.
+
+        Not the checkpoint being built or flushed, not the outputs waiting, not the offsets
+        processed since the last checkpoint (committing them would skip input whose effects
+        are not durable). The partitions' next owners replay from the last commit.
+        """
+        self.outbox.take()
         self._building = None
         if self._flush_task is not None:
             self._flush_task.cancel()
@@ -224,6 +261,8 @@ class Engine:
 
     async def _emit(self, now: float) -> None:
         """Fire due timers and send everything the outbox holds."""
+        if not self.lease.valid():
+            raise Expelled("the lease ran out before outputs were sent")
         for state in self.state.values():
             self.job.on_timers(state, now, self.outbox)
         await self._send(self.outbox.take())
@@ -282,7 +321,7 @@ class Engine:
     async def _await_flush(self) -> None:
         if self._flush_task is not None:
             task, self._flush_task = self._flush_task, None
-            await task  # a failed flush raises here: the worker must not go on past lost writes
+            await task  # a failed flush raises here: the worker must not go on past lost writes (Expelled: see run)
 
     async def _flush(
         self,
@@ -307,6 +346,8 @@ class Engine:
             if record is not None:
                 items.append((FENCE_KEY, record))  # last: a crash landing part of the checkpoint keeps the old marks
         taken = [(state, items) for state, items in taken if items]
+        if not self.lease.valid():
+            raise Expelled("the lease ran out before the changelog was written")
         torn = faults.tear([(state.partition, (state, items)) for state, items in taken], self.settings.fault_torn_checkpoint)
         if torn is not None:
             taken = [part for _, part in torn]
@@ -332,7 +373,7 @@ class Engine:
         if torn is not None:
             faults.die_torn(torn[0][0])
         # 3. Only now the input offsets: everything before them is durable.
-        if offsets:
+        if offsets and self.lease.valid():  # else a new owner may have committed; ours would go backwards
             try:
                 await self.consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
@@ -468,13 +509,17 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         engine = self.engine
-        if engine.failed is not None:
-            return  # owns nothing any more
+        if engine.failed is not None or engine.rejoining:
+            return  # owns nothing
         async with engine.lock:
             try:
                 if engine.settings.fault_revoke_error and revoked:
                     raise faults.InjectedFault("the checkpoint before a rebalance failed (fault injection)")
+                if not engine.lease.valid():
+                    raise Expelled("the lease ran out before the rebalance")
                 await engine.drain()
+            except Expelled:
+                engine._lease_lost()  # a zombie's drain would write over its partitions' new owners
             except Exception as exc:
                 # aiokafka logs what a listener raises and goes on with the rebalance: the partitions
                 # would stay open here, firing timers and writing the changelog, in a worker that no
@@ -493,7 +538,18 @@ class _Rebalance(ConsumerRebalanceListener):
         engine = self.engine
         if engine.stopping.is_set():
             return  # leaving the group (or failed): whoever owns these next restores them
+        engine.lease.renew()  # the group answered: a member from now on
         async with engine.lock:
+            if engine.rejoining:
+                # Input read past the last commit was dropped with the state it changed: read it
+                # again. (aiokafka keeps the position of a partition that stays assigned.)
+                for tp in assigned:
+                    committed = await engine.consumer.committed(tp)
+                    if committed is None:
+                        await engine.consumer.seek_to_beginning(tp)
+                    else:
+                        engine.consumer.seek(tp, committed)
+                engine.rejoining = False
             new = sorted(
                 tp.partition for tp in assigned if tp.topic == engine.job.state_topic and tp.partition not in engine.state
             )

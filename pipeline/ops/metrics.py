@@ -95,6 +95,12 @@ class Metrics:
         self.timers_pending = Gauge("omni_timers_pending", "Delayed actions waiting", registry=r)
         self.lag = Gauge("omni_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r)
         self.checkpoints = Counter("omni_checkpoints", "Checkpoints completed", registry=r)
+        self.lease_lost = Counter(
+            "omni_lease_lost",
+            "Times the worker went a session timeout without a heartbeat answered (a stall) and gave up its partitions "
+            "to restore them after the group assigned them again",
+            registry=r,
+        )  # fmt: skip
         self.checkpoint_seconds = Histogram(
             "omni_checkpoint_seconds", "Time to make state, outputs and offsets durable", buckets=LATENCY_BUCKETS, registry=r
         )
