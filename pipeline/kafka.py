@@ -118,6 +118,7 @@ async def read_to_end(
     starts: dict[TopicPartition, int],
     out_of_range: Callable[[TopicPartition], Awaitable[None]],
     poll_ms: int = 100,
+    ends: dict[TopicPartition, int] | None = None,
 ) -> AsyncIterator[tuple[TopicPartition, list]]:  # type: ignore[type-arg]
     """Read partitions from the given offsets to their *true* end, a batch at a time.
 
@@ -146,5 +147,7 @@ async def read_to_end(
                 # rebuilt: on a cluster, a new leader's high watermark can lag for a moment).
                 if high is not None and await consumer.position(tp) >= high:
                     pending.discard(tp)
+                    if ends is not None:
+                        ends[tp] = high  # the log's true end, for a caller that checks what it read against it
     finally:
         consumer.unsubscribe()

@@ -118,6 +118,15 @@ class Settings(BaseModel):
         "(write its part alone, then exit)"
     )
     rocksdb_write_buffer_mb: int = Field(8, description="RocksDB memtable size per state partition")
+    # Below the changelog's delete.retention.ms (topics.yaml: 24 h): a store last caught up longer ago may
+    # have missed a tombstone that compaction has removed since, and would bring a deleted key back.
+    state_max_stale_s: float = Field(
+        72_000.0, gt=0, description="a local store last caught up longer ago than this is rebuilt from the changelog"
+    )
+    state_cleanup_delay_s: float = Field(
+        600.0, ge=0, description="state directories of partitions not owned for this long are deleted (Kafka Streams' "
+        "state.cleanup.delay.ms)"
+    )
     poll_timeout_ms: int = 20
     # Tansu answers a Fetch only when its max wait runs out, even once data has
     # arrived; with aiokafka's 500 ms default every hop (input, repartition)

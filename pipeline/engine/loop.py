@@ -27,11 +27,15 @@ Guarantees (at-least-once delivery, idempotent effects):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -54,6 +58,7 @@ from pipeline.state.rocksdb import RocksDBStore
 log = logging.getLogger(__name__)
 ENCODE_STEP = 64  # keys encoded between two looks at the clock
 WRITE_SLICE_BYTES = 256 * 1024  # of a checkpoint, written to RocksDB between two batches (about 1 ms)
+CLEANUP_EVERY_S = 30.0  # how often unowned state directories are looked at
 FETCHER_TURNS = 4  # event-loop turns aiokafka's fetcher needs to send the next Fetch (three, and one spare)
 
 
@@ -148,6 +153,7 @@ class Engine:
     async def run(self) -> None:
         s = self.settings
         last_lag = 0.0
+        last_cleanup = time.monotonic()
         while not self.stopping.is_set():
             batches = await self.consumer.getmany(timeout_ms=s.poll_timeout_ms, max_records=s.max_poll_records)
             if self.stopping.is_set():
@@ -188,6 +194,10 @@ class Engine:
                 self.job.housekeeping(self.state, self.metrics)
                 await self._update_lag()
                 last_lag = time.monotonic()
+            if time.monotonic() - last_cleanup >= CLEANUP_EVERY_S:
+                async with self.lock:  # not while a rebalance opens a partition
+                    self._clean_state_dirs()
+                last_cleanup = time.monotonic()
         if self.failed is not None:
             raise RuntimeError("the worker gave up its partitions and cannot go on") from self.failed
 
@@ -387,11 +397,13 @@ class Engine:
 
     async def _open_partitions(self, partitions: list[int]) -> None:
         stores = {
-            p: RocksDBStore(self.settings.state_dir / f"state-{p}", self.settings.rocksdb_write_buffer_mb * 1024 * 1024)
+            p: RocksDBStore(self._state_dir(p), self.settings.rocksdb_write_buffer_mb * 1024 * 1024)
             for p in partitions
         }
         started = time.monotonic()
-        applied = await restore(self.restorer, self.job.changelog_topic, stores)  # type: ignore[arg-type]
+        applied = await restore(
+            self.restorer, self.job.changelog_topic, stores, max_stale_s=self.settings.state_max_stale_s  # type: ignore[arg-type]
+        )
         fences = {p: Fence.load(store) for p, store in stores.items()}
         sent = await collect_sent(self.restorer, {p: f for p, f in fences.items() if f.written is not None})
         await self._fence_new(stores, {p: f for p, f in fences.items() if f.written is None})
@@ -440,7 +452,30 @@ class Engine:
         state = self.state.pop(partition, None)
         if state is not None:
             state.store.close()
+            with contextlib.suppress(OSError):  # the cleanup delay counts from here (see _clean_state_dirs)
+                os.utime(self._state_dir(partition))
         self._owned_changed()
+
+    def _state_dir(self, partition: int) -> Path:
+        return self.settings.state_dir / f"state-{partition}"
+
+    def _clean_state_dirs(self) -> None:
+        """Delete the RocksDB directories of partitions not owned for ``state_cleanup_delay_s``.
+
+        They would only grow staler (see ``pipeline.state.changelog``) and hold personal data
+        an erasure has removed everywhere else; a partition that comes back is rebuilt.
+        """
+        cutoff = time.time() - self.settings.state_cleanup_delay_s
+        for path in self.settings.state_dir.glob("state-*"):
+            owned = path.name.removeprefix("state-")
+            if not owned.isdigit() or int(owned) in self.state:
+                continue
+            try:
+                if path.stat().st_mtime < cutoff:
+                    log.info("deleting %s: not owned for %.0f s", path, self.settings.state_cleanup_delay_s)
+                    shutil.rmtree(path)
+            except OSError as exc:
+                log.warning("could not clean up %s: %s", path, exc)
 
     def _owned_changed(self) -> None:
         self.metrics.partitions_owned.set(len(self.state))

@@ -22,6 +22,7 @@ TIMER_PREFIX = b"t:"
 IDENTIFIER_PREFIX = b"i|"  # identity-graph entries (pipeline.identity.protocol)
 ERASURE_PREFIX = b"e|"  # markers of erased identifiers (pipeline.privacy.erasure)
 OFFSET_KEY = b"__changelog_offset__"
+WRITTEN_AT_KEY = b"__changelog_written_at__"  # wall time of the last write that moved the offset
 TOPIC_KEY = b"__changelog_topic__"
 # Against the memory bound (``PartitionTransaction.held``) a changed value weighs PER_VALUE and an
 # identifier's or timer-index entry, small beside a profile, weighs 1.
@@ -53,6 +54,10 @@ class Store(ABC):
     @abstractmethod
     def changelog_offset(self) -> int:
         """The last changelog offset applied, or -1 for an empty store."""
+
+    @abstractmethod
+    def written_at(self) -> float | None:
+        """When the offset last moved (epoch seconds), or None for an empty store: how stale it may be."""
 
     @abstractmethod
     def bound_to(self) -> str | None:

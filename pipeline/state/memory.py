@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from pipeline.state.base import Store
@@ -12,6 +13,7 @@ class MemoryStore(Store):
         self._data: dict[bytes, bytes] = {}
         self._offset = -1
         self._topic: str | None = None
+        self._written_at: float | None = None
 
     def get(self, key: bytes) -> bytes | None:
         return self._data.get(key)
@@ -24,6 +26,7 @@ class MemoryStore(Store):
                 self._data[key] = value
         if changelog_offset is not None:
             self._offset = changelog_offset
+            self._written_at = time.time()
 
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key in sorted(k for k in self._data if k.startswith(prefix)):
@@ -31,6 +34,9 @@ class MemoryStore(Store):
 
     def changelog_offset(self) -> int:
         return self._offset
+
+    def written_at(self) -> float | None:
+        return self._written_at
 
     def bound_to(self) -> str | None:
         return self._topic
@@ -42,6 +48,7 @@ class MemoryStore(Store):
         self._data.clear()
         self._offset = -1
         self._topic = None
+        self._written_at = None
 
     def close(self) -> None:
         pass

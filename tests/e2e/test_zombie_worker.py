@@ -33,7 +33,7 @@ from pipeline.identity.export import changelog_state
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population
 from pipeline.simulate.produce import produce_all
-from pipeline.state.base import OFFSET_KEY, TOPIC_KEY
+from pipeline.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY
 from tests.e2e.invariants import (
     comparable, differences, live_profiles, produce_steadily, sent_actions, topics_with, wait_drained,
 )  # fmt: skip
@@ -104,7 +104,7 @@ def test_a_worker_woken_after_losing_its_partitions_sends_and_writes_nothing_for
         for p in partitions:  # type: ignore[attr-defined]
             db = Rdict(str(dirs[n] / f"state-{p}"), options=Options(raw_mode=True))
             try:
-                local = {k: v for k, v in db.items() if k not in (OFFSET_KEY, TOPIC_KEY)}
+                local = {k: v for k, v in db.items() if k not in (OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY)}
             finally:
                 db.close()
             restored = dict(changelog[p].items(b""))
