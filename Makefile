@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HOT_SOURCES := $(shell $(PYTHON) setup.py hot-modules)
 COMPILED := $(VENV)/.compiled
 
-.PHONY: run test bench identity-eval measure-eval soak install build schemas clean
+.PHONY: run test bench chaos identity-eval measure-eval soak install build schemas clean
 
 # Installs the dependencies and the package in editable mode; `build` compiles the hot path.
 $(STAMP): pyproject.toml setup.py
@@ -49,6 +49,10 @@ measure-eval: $(COMPILED)
 ## Ten minutes of steady load on one worker; memory and lag sampled every 10 s into bench/soak.json.
 soak: $(COMPILED)
 	$(BIN)/omni soak --rate 5000 --minutes 10 --customers 2000 --out bench/soak.json
+
+## The fault campaign's long run: 30 minutes of load, a fault every 6 s on average, every invariant checked.
+chaos: $(COMPILED)
+	$(BIN)/omni chaos --minutes 30 --fault-every 6 --out bench/chaos.json
 
 ## Regenerate schemas/ from the pydantic models.
 schemas: $(COMPILED)

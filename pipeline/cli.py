@@ -12,6 +12,7 @@
     omni report [--url U]        what each play earns: the table, and report.html with charts
     omni measure evaluate        the report checked against a simulated world with known effects
     omni soak [--rate R]         a worker under steady load; memory and lag sampled every 10 s
+    omni chaos [--minutes M]     the fault campaign: workers killed, stalled, cut off under load; every invariant checked
     omni privacy export --identifier T:V   everything held about a person, as JSON
     omni privacy erase --identifier T:V    request a person's erasure (privacy.requests)
     omni schemas [--check]       write (or check) schemas/ from the pydantic models
@@ -22,8 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -170,6 +173,39 @@ def cmd_soak(args: argparse.Namespace) -> None:
           f"{result['worst_lag_last_third']} records")  # fmt: skip
     if not (result["memory_bounded"] and result["lag_bounded"] and result["worker_alive_at_end"]):
         sys.exit("memory or lag grew without bound, or the worker died")
+
+
+def cmd_chaos(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from pipeline.chaos.campaign import FAULT_KINDS, Campaign, run
+
+    if args.bootstrap_set:
+        sys.exit("omni chaos starts its own broker behind its fault proxy: unset KAFKA_BOOTSTRAP")
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="omni-chaos-"))
+    campaign = Campaign(
+        workdir=workdir, workers=args.workers, partitions=args.partitions, load_s=args.minutes * 60, rate=args.rate,
+        customers=args.customers, fault_every_s=args.fault_every, seed=args.seed,
+        kinds=tuple(args.faults.split(",")) if args.faults else FAULT_KINDS,
+    )  # fmt: skip
+    unknown = set(campaign.kinds) - set(FAULT_KINDS)
+    if unknown:
+        sys.exit(f"--faults: unknown kind(s) {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
+    print(f"omni chaos: {args.workers} workers, {args.partitions} partitions, {args.minutes:g} min of load at "
+          f"{args.rate:g} events/s, a fault every {args.fault_every:g} s; logs in {workdir}", flush=True)  # fmt: skip
+    started = time.monotonic()
+    report = run(campaign)
+    result = {**report.as_json(), "seconds": round(time.monotonic() - started, 1)}
+    if args.out:
+        Path(args.out).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    print(f"faults injected: {result['faults_total']} ({', '.join(f'{k} {n}' for k, n in sorted(report.faults.items()))})")
+    for name in report.checked:
+        print(f"  checked: {name}")
+    for violation in report.violations[:200]:
+        print(f"  VIOLATION: {violation}")
+    if report.violations:
+        sys.exit(f"{len(report.violations)} violation(s)")
+    print("no violations")
 
 
 def cmd_rules(args: argparse.Namespace) -> None:
@@ -392,6 +428,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-ms", type=_positive, default=500.0, help="the simulator sends one batch per partition this often")
     p.add_argument("--out", default=None, help="JSON with the samples")
     p.set_defaults(func=cmd_soak)
+
+    p = sub.add_parser("chaos", help="the fault campaign: faults under load, then every invariant against a clean run")
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--partitions", type=int, default=12)
+    p.add_argument("--minutes", type=float, default=2.5, help="of load, faults injected all along")
+    p.add_argument("--rate", type=float, default=300.0, help="events a second")
+    p.add_argument("--customers", type=int, default=600)
+    p.add_argument("--fault-every", type=_positive, default=5.0, help="seconds between faults, on average")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--faults", default=None, help="the kinds to inject, comma-separated (default: every kind)")
+    p.add_argument("--workdir", default=None, help="logs and state directories (default: a new temporary one)")
+    p.add_argument("--out", default=None, help="JSON with the faults, the invariants and every violation")
+    p.set_defaults(func=cmd_chaos, bootstrap_set=bool(os.environ.get("KAFKA_BOOTSTRAP")))
 
     p = sub.add_parser("rules", help="the rules catalogue")
     p.add_argument("action", choices=["check"], help="check: validate a rules file without starting anything")

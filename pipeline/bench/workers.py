@@ -29,7 +29,10 @@ class WorkerProcess:
     log: Path
 
     @classmethod
-    def start(cls, settings: Settings, log: Path, catalogue: Path | None = None, rules: Path | None = None) -> "WorkerProcess":
+    def start(
+        cls, settings: Settings, log: Path, catalogue: Path | None = None, rules: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> "WorkerProcess":  # fmt: skip
         port = free_port()
         env = {
             **os.environ,
@@ -43,6 +46,7 @@ class WorkerProcess:
             "OMNI_COMMIT_INTERVAL_S": str(settings.commit_interval_s),
             "OMNI_ERASURE_SALT": settings.erasure_salt,
             "OMNI_TOPICS_FILE": str(settings.topics_file),
+            **(env or {}),
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker"], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,

@@ -194,7 +194,7 @@ class Engine:
                 self.job.housekeeping(self.state, self.metrics)
                 await self._update_lag()
                 last_lag = time.monotonic()
-            if time.monotonic() - last_cleanup >= CLEANUP_EVERY_S:
+            if time.monotonic() - last_cleanup >= min(CLEANUP_EVERY_S, s.state_cleanup_delay_s / 2):
                 async with self.lock:  # not while a rebalance opens a partition
                     self._clean_state_dirs()
                 last_cleanup = time.monotonic()

@@ -29,7 +29,7 @@ from pipeline.bench.workers import WorkerProcess, wait_ready
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population
 from pipeline.simulate.produce import produce_all
-from tests.e2e.invariants import (
+from pipeline.chaos.invariants import (
     comparable, dead_lettered, differences, live_profiles, produce_steadily, sent_actions, topics_with, wait_drained,
 )  # fmt: skip
 from tests.helpers import catalogue_with_delay, create_topics

@@ -34,7 +34,7 @@ from pipeline.settings import Settings
 from pipeline.simulate.population import Population
 from pipeline.simulate.produce import produce_all
 from pipeline.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY
-from tests.e2e.invariants import (
+from pipeline.chaos.invariants import (
     comparable, differences, live_profiles, produce_steadily, sent_actions, topics_with, wait_drained,
 )  # fmt: skip
 from tests.helpers import catalogue_with_delay, create_topics

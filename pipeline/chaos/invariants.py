@@ -1,7 +1,8 @@
 """What a run through disturbed workers must still show, read back from the broker.
 
-Shared by the tests that break workers on purpose (a kill, a stall, a torn checkpoint)
-and compare the outcome with a clean run of the same input.
+Shared by the fault campaign (``omni chaos``) and the tests that break workers on purpose
+(a kill, a stall, a torn checkpoint): each compares the outcome with a clean run of the
+same input.
 """
 
 from __future__ import annotations
@@ -24,14 +25,35 @@ from pipeline.identity.protocol import is_tombstone
 from pipeline.ingest.contract import IDENTIFIER_TYPES, INPUT_TOPICS
 from pipeline.ops.topics import ACTION_TOPIC_PREFIX, load_topics
 from pipeline.profiles.profile import DIGEST_CHARS
-from pipeline.settings import Settings
+from pipeline.settings import PROJECT_ROOT, Settings
 from pipeline.simulate.population import Produced
 from pipeline.simulate.produce import send_produced
-from tests.helpers import read_topic
+
+
+async def read_topic(settings: Settings, *logical_topics: str) -> list[Any]:
+    """Every record of the topics, to their true end (Fetch high watermarks), with one consumer.
+
+    One consumer for all: stopping one that has read an empty partition of Tansu took 20 s.
+    """
+    specs = load_topics(settings.topics_file)
+    starts = {TopicPartition(settings.topic(t), p): 0 for t in logical_topics for p in range(specs[t].partitions)}
+    consumer = kafka.consumer(settings)
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        async for _tp, records in kafka.read_to_end(consumer, starts, _head_gone):
+            out.extend(records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def _head_gone(tp: TopicPartition) -> None:
+    raise RuntimeError(f"{tp} no longer starts at offset 0")
 
 
 def topics_with(partitions: int, tmp: Path) -> Path:
-    doc = yaml.safe_load(Settings().topics_file.read_text())
+    doc = yaml.safe_load((PROJECT_ROOT / "topics.yaml").read_text())
     doc["defaults"]["partitions"] = partitions
     path = tmp / "topics.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -143,17 +165,13 @@ def differences(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]])
 def dead_lettered(settings: Settings) -> Counter[str]:
     """Dead-lettered inputs by reason, each input once (a replay may dead-letter it again)."""
     distinct = {
-        (r.headers["dlq.topic"].decode().removeprefix(settings.topic_prefix), r.headers["dlq.partition"],
-         r.headers["dlq.offset"], r.headers["dlq.reason"].decode())
-        for r in asyncio.run(read_topic(settings, "deadletter"))
+        (h["dlq.topic"].decode().removeprefix(settings.topic_prefix), h["dlq.partition"], h["dlq.offset"],
+         h["dlq.reason"].decode())
+        for h in (dict(r.headers) for r in asyncio.run(read_topic(settings, "deadletter")))
     }  # fmt: skip
     return Counter(f"{topic} {reason}" for topic, _, _, reason in distinct)
 
 
 def sent_actions(settings: Settings) -> list[dict[str, Any]]:
-    return [
-        orjson.loads(r.value)  # type: ignore[arg-type]
-        for topic in load_topics(settings.topics_file)
-        if topic.startswith(ACTION_TOPIC_PREFIX)
-        for r in asyncio.run(read_topic(settings, topic))
-    ]
+    topics = [t for t in load_topics(settings.topics_file) if t.startswith(ACTION_TOPIC_PREFIX)]
+    return [orjson.loads(r.value) for r in asyncio.run(read_topic(settings, *topics))]
