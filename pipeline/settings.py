@@ -155,6 +155,11 @@ class Settings(BaseModel):
     )
     max_identifiers_per_profile: int = Field(100, description="a profile stops taking identifiers past this many")
     max_merges_per_profile: int = Field(50, description="a profile stops merging after absorbing this many profiles")
+    # A merge's answer travels through the state topic and comes back in tens of milliseconds; a backlog
+    # can hold it for minutes. Past the bound the answer is taken as lost (a dead letter): the lock opens.
+    merge_lock_timeout_s: float = Field(
+        300.0, gt=0, description="longest a profile stays locked waiting for a merge's or a split's answer"
+    )
 
     # --- profiles and rules -----------------------------------------------
     catalogue_file: Path = Field(PACKAGE_DATA / "catalogue.yaml", description="products, and each durable's consumable")

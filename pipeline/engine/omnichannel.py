@@ -233,11 +233,26 @@ class OmnichannelJob(Job):
 
     def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
         partition = str(state.partition).encode()
-        for topic, action in self.processor.fire_due(state, now):
+        sends, merges = self._produced, self._merges
+        for topic, action in self.processor.fire_due(state, now, sends, merges):
             # The headers let a recovery find what was sent for this partition (pipeline.state.fence),
             # and let senders drop a duplicate without parsing the value.
             headers = ((ACTION_ID_HEADER, action.action_id.encode()), (PARTITION_HEADER, partition))
             out.add(self.settings.topic(topic), action.customer.encode(), action.to_json(), headers)
+        if sends:  # a lock opened by its bound: what it tells others, and what waited for it, through the topic
+            partitions = self.partition_counts[self.state_topic]
+            for target, msg in sends:
+                key = target.encode()
+                try:
+                    value = orjson.dumps(msg)
+                except TypeError:
+                    log.exception("a message of an opened lock for %s cannot be written; dropped", target)
+                    self.processor.tally.deadletter[("invalid_event", REPARTITION)] += 1
+                    continue
+                out.add(self.state_topic, key, value, (), None, partition_for(key, partitions))
+            sends.clear()
+        if merges:
+            self._send_merges(merges, out)
 
     def housekeeping(self, owned: Mapping[int, PartitionState], metrics: Metrics) -> None:
         if self.processor.reload_rules():
@@ -276,6 +291,8 @@ class OmnichannelJob(Job):
         m.add(m.erasures, identity.erasures)
         if identity.erased_dropped:
             m.erased_dropped.inc(identity.erased_dropped)
+        m.add(m.lock_timeouts, identity.lock_timeouts)
+        m.add(m.late_answers, identity.late_answers)
         self.processor.identity.tally = IdentityTally()
         if self.latencies:
             m.latency.observe_many(self.latencies)

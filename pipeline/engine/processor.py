@@ -23,7 +23,7 @@ from pipeline.actions.plays import build_plays
 from pipeline.actions.plays.base import Play, Rearm, Timers, new_purchase
 from pipeline.actions.policy import Deferred, HeldOut, Policy, Suppressed
 from pipeline.actions.rules import RulesFile
-from pipeline.identity.protocol import IdentityProtocol, Message, Outbox, is_tombstone
+from pipeline.identity.protocol import LOCK_TIMER, IdentityProtocol, Message, Outbox, is_tombstone
 from pipeline.identity.resolve import routing_key
 from pipeline.ingest.validate import CleanEvent, Rejection, Validator
 from pipeline.measure import ledger
@@ -66,7 +66,8 @@ class Processor:
         self.rules = RulesFile(settings.rules_file)
         self._use_rules()
         self.identity = IdentityProtocol(
-            settings.identity_rules(), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt
+            settings.identity_rules(), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt,
+            lock_timeout=settings.merge_lock_timeout_s,
         )
         self.tally = Tallies()
         self.applied = 0  # events applied to state so far: the engine times each record that raised it
@@ -180,10 +181,24 @@ class Processor:
 
     # --- step 3: due timers become actions ------------------------------------------------
 
-    def fire_due(self, state: PartitionState, now: float) -> list[tuple[str, Action]]:
-        """Due timers become actions: (logical topic, action) for each sent or held out."""
+    def fire_due(self, state: PartitionState, now: float, sends: Outbox, merges: list[Message]) -> list[tuple[str, Action]]:
+        """Due timers become actions: (logical topic, action) for each sent or held out.
+
+        A profile's lock timer (``LOCK_TIMER``) is the identity protocol's: opening the lock adds
+        protocol messages to ``sends`` (and records for ``identity.merges`` or ``privacy.audit``
+        to ``merges``), which the caller delivers.
+        """
         actions: list[tuple[str, Action]] = []
         for due, key, timer_id in state.due(now):
+            if timer_id == LOCK_TIMER:
+                sent, recorded = len(sends), len(merges)
+                try:
+                    self.identity.lock_due(state, key, due, now, sends, merges)
+                except Exception:  # as for a play's timer: never a crash loop on one
+                    log.exception("opening the lock of %s failed", key)
+                    self.tally.timer_errors[LOCK_TIMER] += 1
+                    del sends[sent:], merges[recorded:]  # half a step's outputs must not go out
+                continue
             skey = key.encode()
             profile = state.txn.get(skey)
             timer = profile["timers"].get(timer_id) if profile and not is_tombstone(profile) else None

@@ -67,8 +67,10 @@ class Metrics:
         self.processed = Counter("omni_events_processed", "Events applied to state", ["type"], registry=r)
         self.merges = Counter("omni_identity_merges", "Profiles merged into another by identity resolution", registry=r)
         self.erasures = Counter(
-            "omni_erasures", "Erasure requests carried out (erased) or finding nobody (not_found)", ["result"], registry=r
-        )
+            "omni_erasures",
+            "Erasure requests carried out (erased) or finding nobody (not_found); merge partners erased with a profile (cascade)",
+            ["result"], registry=r,
+        )  # fmt: skip
         self.erased_dropped = Counter(
             "omni_erased_messages_dropped",
             "Events and protocol messages about an erased person from before the erasure (a replay), dropped",
@@ -80,6 +82,14 @@ class Metrics:
         self.identifiers_left_out = Counter(
             "omni_identifiers_left_out",
             "Identifiers not linked to a profile (a limit or cap), by type and reason", ["type", "reason"], registry=r,
+        )  # fmt: skip
+        self.lock_timeouts = Counter(
+            "omni_identity_lock_timeouts",
+            "Profiles' locks opened by OMNI_MERGE_LOCK_TIMEOUT_S: no answer came to a merge or a split", ["kind"], registry=r,
+        )  # fmt: skip
+        self.late_answers = Counter(
+            "omni_identity_late_answers",
+            "Answers to a merge (absorbed) or a split (unmerged) taken after their lock had opened", ["op"], registry=r,
         )  # fmt: skip
         self.duplicates = Counter("omni_duplicates", "Events skipped because their event_id was processed", registry=r)
         self.latency = BatchHistogram(
