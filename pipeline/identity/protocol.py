@@ -507,6 +507,12 @@ class IdentityProtocol:
                 if not self._wait(state, pid, profile, request, now):
                     self._refuse(pid, profile, "queue_full", link, out)
             return
+        if _link_gone(pid, profile, link):
+            # The identifier that linked us was ours when the claim found it, and has left since (split
+            # off while this merge waited): no link any more. Its claimant gives it up, as when refused;
+            # an event naming both again claims it again, from whoever holds it now.
+            self._refuse(pid, profile, "moved", link, out)
+            return
         if len(profile["merged"]) >= self.rules.max_merges:
             self._refuse(pid, profile, "merge_cap", link, out)
             return
@@ -537,7 +543,7 @@ class IdentityProtocol:
                     self._drop(pid, profile, link)
                 out.append((survivor, {"op": "refused", "loser": pid, "reason": "queue_full", **link}))
             return
-        reason = self.rules.merge_breaks(msg["identifiers"], profile["identifiers"])
+        reason = "moved" if _link_gone(pid, profile, link) else self.rules.merge_breaks(msg["identifiers"], profile["identifiers"])
         if reason is None and msg["merges"] + len(profile["merged"]) + 1 > self.rules.max_merges:
             reason = "merge_cap"
         if reason is None and _kept_apart(pid, profile, survivor, msg):
@@ -567,8 +573,14 @@ class IdentityProtocol:
         loser, taken = msg["loser"], msg["state"]
         if loser in lineage(profile):
             return  # a repeat
+        # The identifier that linked us was ours, and left (split off) after the other side judged the
+        # merge: its state still holds it, as the claimant, and must not bring it back.
+        moved = _link_gone(pid, profile, msg)
         moved_timers = [(tid, t) for tid, t in taken["timers"].items() if tid not in profile["timers"]]
         merge_profiles(profile, taken, self.limits)
+        if moved:
+            self._remove_identifiers(profile, {split_id(msg["via"])[0]: [split_id(msg["via"])[1]]})
+            self._count_refusal("moved", msg["via"])
         for timer_id, timer in moved_timers:
             state.schedule(timer["due"], pid, timer_id)
         profile["claims"].extend(c for c in taken["claims"] if c not in profile["claims"])
@@ -917,6 +929,15 @@ def _ahead_of_state(pid: str, profile: dict[str, Any], origin: Any) -> bool:
     us is in ``apart`` and its late messages are ours as they always were.
     """
     return origin is not True and origin != pid and origin not in profile["apart"] and origin not in lineage(profile)
+
+
+def _link_gone(pid: str, profile: dict[str, Any], link: Message) -> bool:
+    """True when the identifier of a merge's link was ours (we, or what merged into us, owned it) and is no more."""
+    owner = link["owner"]
+    if owner != pid and owner not in lineage(profile):
+        return False
+    kind, value = split_id(link["via"])
+    return value not in profile["identifiers"].get(kind, ())
 
 
 def _locked_on(profile: dict[str, Any]) -> str | None:

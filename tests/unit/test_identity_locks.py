@@ -173,6 +173,22 @@ def test_a_split_whose_answer_never_comes_is_asked_again_when_its_lock_opens() -
     assert cluster.processor.identity.tally.late_answers == {"unmerged": 1, "unmerged_partial": 1}
 
 
+def test_a_merge_that_waited_behind_a_split_of_its_identifier_is_not_judged_on_it() -> None:
+    """Fails without locks too: the identifier that linked the merge left the survivor while it waited."""
+    cluster = Cluster(duplicate_rate=0.0)
+    cluster.inject(event("login", "web", {"customer_id": "C1", "email": "e@x.dk"}, "e1"))
+    cluster.inject(event("login", "web", {"email": "e2@x.dk", "cookie_id": "k"}, "e2"))
+    cluster.settle()
+    cluster.inject(event("login", "web", {"customer_id": "C1", "email": "e2@x.dk"}, "e3"))
+    cluster.settle()
+    cluster.send(SOURCE, "customer_id:C1", {"op": "split", "identifier": "cookie_id:k", "by": "t"})
+    cluster.inject(event("login", "web", {"device_id": "d", "cookie_id": "k"}, "e4"))  # k, still C1's: a merge
+    cluster.settle()
+    live = cluster.check_consistent()
+    assert live["email:e2@x.dk"]["identifiers"]["cookie_id"] == ["k"] and "cookie_id" not in live["customer_id:C1"]["identifiers"]
+    assert cluster.processor.identity.tally.refused["moved"] == 1
+
+
 # Answers to merges (splits race ordinary traffic less well, with or without locks: see the README).
 LOSABLE = ("absorb", "absorbed", "refused", "redirect")
 
