@@ -160,6 +160,11 @@ class Settings(BaseModel):
     merge_lock_timeout_s: float = Field(
         300.0, gt=0, description="longest a profile stays locked waiting for a merge's or a split's answer"
     )
+    # What a locked profile keeps for later: claims of new identifiers, merges, splits (an erasure never
+    # waits). A merge's round trip takes tens of milliseconds; a customer rarely brings more than a few.
+    merge_queue_limit: int = Field(
+        100, ge=1, description="messages a locked profile keeps for after its merge; past it, merges and new identifiers are refused"
+    )
 
     # --- profiles and rules -----------------------------------------------
     catalogue_file: Path = Field(PACKAGE_DATA / "catalogue.yaml", description="products, and each durable's consumable")

@@ -67,7 +67,7 @@ class Processor:
         self._use_rules()
         self.identity = IdentityProtocol(
             settings.identity_rules(), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt,
-            lock_timeout=settings.merge_lock_timeout_s,
+            lock_timeout=settings.merge_lock_timeout_s, queue_limit=settings.merge_queue_limit,
         )
         self.tally = Tallies()
         self.applied = 0  # events applied to state so far: the engine times each record that raised it

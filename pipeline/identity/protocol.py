@@ -108,12 +108,13 @@ class IdentityTally:
 class IdentityProtocol:
     def __init__(
         self, rules: IdentityRules, limits: ProfileLimits, apply_event: ApplyEvent, notice: Notice, salt: str,
-        lock_timeout: float = 300.0,
+        lock_timeout: float = 300.0, queue_limit: int = 100,
     ) -> None:  # fmt: skip
         self.rules = rules
         self.salt = salt  # of the hashes that remember erased identifiers
         self.limits = limits
         self.lock_timeout = lock_timeout  # seconds a profile waits for a merge's answer before it gives up
+        self.queue_limit = queue_limit  # what a locked profile keeps for later, at most
         self.apply_event = apply_event  # the profile's own business: False for a duplicate event
         self.notice = notice  # a message for the profile's rules from another actor (a product back in stock)
         self.tally = IdentityTally()
@@ -638,8 +639,16 @@ class IdentityProtocol:
             state.unschedule(lock["due"], pid, LOCK_TIMER)
 
     def _wait(self, state: PartitionState, pid: str, profile: dict[str, Any], item: Message, now: float) -> bool:
-        """Keep ``item`` until the lock opens; False when the queue is full and the caller must turn it away."""
-        profile["queue"].append(item)
+        """Keep ``item`` until the lock opens; False when the queue is full and the caller must turn it away.
+
+        Turned away: a claim leaves its identifier out, a merge or an ``absorb`` is refused, a split is
+        dropped (``reason="queue_full"``; the operator asks again), and a message held for a merged
+        profile's state runs at once. An erasure never waits, so it is never turned away.
+        """
+        queue = profile["queue"]
+        if len(queue) >= self.queue_limit:
+            return False
+        queue.append(item)
         lock = profile["lock"]
         if "due" not in lock:  # taken before locks had a bound: it gets one now
             self._bound(state, pid, lock, now)

@@ -218,3 +218,17 @@ def test_lost_answers_never_leave_a_lock_and_the_graph_ends_consistent(seed: int
     assert cluster.processor.identity.tally.lock_timeouts
     if not erase:  # nothing lost, nothing twice: every event counted once, in whichever profile it ended
         assert sum(sum(p["counters"].values()) for p in live.values()) == len(events)
+
+
+def test_a_locked_profile_keeps_at_most_its_queue_limit_and_never_turns_an_erasure_away() -> None:
+    cluster = two_profiles(merge_queue_limit=3)
+    link(cluster, "absorb")
+    for n in range(5):  # five new devices while it waits: three wait, two are left out
+        cluster.inject(event("login", "app", {"customer_id": "C1", "device_id": f"d{n}"}, f"q{n}"))
+        cluster.settle()
+    assert len(profile(cluster, SURVIVOR)["queue"]) == 3
+    assert cluster.processor.identity.tally.left_out[("device_id", "queue_full")] == 2
+    cluster.send(SOURCE, SURVIVOR, {"op": "erase", "request_id": "r1", "subject": SURVIVOR, "at": time.time()})
+    cluster.settle()
+    assert [m["result"] for m in cluster.merges if m.get("audit")] == ["erased"]
+    assert list(cluster.check_consistent()) == [LOSER]
