@@ -162,6 +162,11 @@ class Settings(BaseModel):
     )
     # What a locked profile keeps for later: claims of new identifiers, merges, splits (an erasure never
     # waits). A merge's round trip takes tens of milliseconds; a customer rarely brings more than a few.
+    # A merged profile's copy of its state answers a repeated absorb (a crash: minutes) and an operator's
+    # split (a wrong merge noticed). After this long only the pointer to its survivor stays.
+    tombstone_state_keep_s: float = Field(
+        30 * 86_400.0, gt=0, description="how long a merged profile keeps a copy of the state it handed over"
+    )
     merge_queue_limit: int = Field(
         100, ge=1, description="messages a locked profile keeps for after its merge; past it, merges and new identifiers are refused"
     )

@@ -47,6 +47,9 @@ from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
 OVERDUE_S = 5.0  # a timer this far past due has waited on a busy or stuck loop, not on its schedule
+# Merged profiles' copies of their state dropped per partition per housekeeping call (about once a second):
+# the sweep reads only what has expired, and spreads a burst of expiries (a day of many merges) out.
+SWEEP_PER_CALL = 500
 LOCAL_OPS = frozenset({"ev", "apply", "product", "interest", "notice", "claim", "claimed", "conflict"})  # may run at once when we own the target (see _deliver)
 
 
@@ -260,8 +263,13 @@ class OmnichannelJob(Job):
         metrics.rules_refused.set(1 if self.processor.rules.failed else 0)
         metrics.show_ledger(ledger.summed(owned.values()))
         metrics.profiles.set(sum(live_profiles(state) for state in owned.values()))
-        late = time.time() - OVERDUE_S
-        metrics.timers_overdue.set(sum(state.overdue(late) for state in owned.values()))
+        now = time.time()
+        metrics.timers_overdue.set(sum(state.overdue(now - OVERDUE_S) for state in owned.values()))
+        try:
+            for state in owned.values():
+                self.processor.identity.sweep_tombstones(state, now, SWEEP_PER_CALL)
+        except Exception:  # a bug here must not stop the worker: the copies wait for the next call
+            log.exception("dropping merged profiles' copies of their state failed")
 
     def _dead_letter(self, rec: Any, tp: TopicPartition, rejection: Rejection, out: Outbox) -> None:
         partition = tp.partition % self.partition_counts[self.deadletter]
@@ -293,6 +301,8 @@ class OmnichannelJob(Job):
             m.erased_dropped.inc(identity.erased_dropped)
         m.add(m.lock_timeouts, identity.lock_timeouts)
         m.add(m.late_answers, identity.late_answers)
+        if identity.states_dropped:
+            m.states_dropped.inc(identity.states_dropped)
         self.processor.identity.tally = IdentityTally()
         if self.latencies:
             m.latency.observe_many(self.latencies)

@@ -68,6 +68,7 @@ class Processor:
         self.identity = IdentityProtocol(
             settings.identity_rules(), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt,
             lock_timeout=settings.merge_lock_timeout_s, queue_limit=settings.merge_queue_limit,
+            tombstone_keep=settings.tombstone_state_keep_s,
         )
         self.tally = Tallies()
         self.applied = 0  # events applied to state so far: the engine times each record that raised it

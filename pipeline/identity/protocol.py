@@ -62,7 +62,7 @@ from pipeline.profiles import census
 from pipeline.profiles.merge import merge_profiles, unmerge_profiles
 from pipeline.privacy.erasure import audit_record, erased_at, mark_erased
 from pipeline.profiles.profile import ProfileLimits, new_profile
-from pipeline.state.base import IDENTIFIER_PREFIX
+from pipeline.state.base import EXPIRY_PREFIX, IDENTIFIER_PREFIX
 from pipeline.state.partition import PartitionState
 
 ID_PREFIX = IDENTIFIER_PREFIX
@@ -85,6 +85,11 @@ def id_key(identifier: str) -> bytes:
     return ID_PREFIX + identifier.encode()
 
 
+def expiry_key(due: float, pid: str) -> bytes:
+    """When merged profile ``pid`` drops its copy of the state: time first, so the store keeps them in order."""
+    return EXPIRY_PREFIX + f"{int(due * 1000):015d}|{pid}".encode()
+
+
 def is_tombstone(value: dict[str, Any] | None) -> bool:
     return value is not None and "merged_into" in value
 
@@ -103,18 +108,20 @@ class IdentityTally:
     erased_dropped: int = 0  # messages about erased people that arrived after them (a replay, a late answer)
     lock_timeouts: Counter = field(default_factory=Counter)  # kind of lock opened by its bound: merge, split, state
     late_answers: Counter = field(default_factory=Counter)  # op: answers taken after their lock had opened
+    states_dropped: int = 0  # merged profiles' copies of their state dropped after OMNI_TOMBSTONE_STATE_KEEP_S
 
 
 class IdentityProtocol:
     def __init__(
         self, rules: IdentityRules, limits: ProfileLimits, apply_event: ApplyEvent, notice: Notice, salt: str,
-        lock_timeout: float = 300.0, queue_limit: int = 100,
+        lock_timeout: float = 300.0, queue_limit: int = 100, tombstone_keep: float = 30 * 86_400.0,
     ) -> None:  # fmt: skip
         self.rules = rules
         self.salt = salt  # of the hashes that remember erased identifiers
         self.limits = limits
         self.lock_timeout = lock_timeout  # seconds a profile waits for a merge's answer before it gives up
         self.queue_limit = queue_limit  # what a locked profile keeps for later, at most
+        self.tombstone_keep = tombstone_keep  # seconds a merged profile keeps a copy of the state it handed over
         self.apply_event = apply_event  # the profile's own business: False for a duplicate event
         self.notice = notice  # a message for the profile's rules from another actor (a product back in stock)
         self.tally = IdentityTally()
@@ -139,6 +146,9 @@ class IdentityProtocol:
             # before the state that already holds it arrives would count twice (and should the state
             # be lost on the way, the survivor holds it back until the state comes again: _hold).
             out.append((profile["merged_into"], {**msg, "forwarded": target}))
+            if "kept_until" not in profile and "state" in profile:  # merged before copies had a retention
+                self._keep_until(state, target, profile, now + self.tombstone_keep)
+                state.txn.set(target.encode(), profile)
             return
         if profile is None:
             if op in IGNORED_IF_ABSENT:  # for a profile this partition does not hold: no reason to found one
@@ -255,6 +265,7 @@ class IdentityProtocol:
         if merged is not None and is_tombstone(merged) and merged["merged_into"] in msg["from"]:  # it holds a copy of the state it handed over
             state.txn.delete(ident.encode())
             self._forget_copy(ident, merged, msg["at"], out)
+            _drop_expiry(state, ident, merged)
 
     @staticmethod
     def _forget_copy(pid: str, tomb: dict[str, Any], at: float, out: Outbox) -> None:
@@ -461,6 +472,7 @@ class IdentityProtocol:
         """A merged profile whose survivor was erased: forget what its copy of the state held, then itself."""
         self._id_forget(state, pid, {"op": "forget", "from": [pid], "at": msg["at"]}, msg["at"], out, merges)
         self._forget_copy(pid, tomb, msg["at"], out)
+        _drop_expiry(state, pid, tomb)
         self.tally.erasures["cascade"] += 1
         tomb.clear()
         tomb["erased"] = True  # deleted by the caller
@@ -533,10 +545,12 @@ class IdentityProtocol:
     def _absorb(self, state: PartitionState, pid: str, profile: dict[str, Any], msg: Message, now: float, out: Outbox) -> None:
         survivor, link = msg["into"], _link(msg)
         if is_tombstone(profile):
-            if profile["merged_into"] == survivor:  # a repeat: the survivor may have lost our state in a crash
-                out.append((survivor, {"op": "absorbed", "loser": pid, "state": profile["state"], **link}))
-            else:
+            if profile["merged_into"] != survivor:
                 out.append((survivor, {"op": "redirect", "loser": pid, "now_in": profile["merged_into"], **link}))
+            elif "state" in profile:  # a repeat: the survivor may have lost our state in a crash
+                out.append((survivor, {"op": "absorbed", "loser": pid, "state": profile["state"], **link}))
+            else:  # a repeat from long ago (the survivor took the state then): nothing to send now
+                out.append((survivor, {"op": "refused", "loser": pid, "reason": "state_expired", **link}))
             return
         if profile["lock"] is not None:  # we are absorbing someone ourselves: after that
             if not self._wait(state, pid, profile, msg, now):
@@ -560,6 +574,7 @@ class IdentityProtocol:
         transferred = copy.deepcopy(profile)
         profile.clear()
         profile.update({"merged_into": survivor, "state": transferred, "link": link})
+        self._keep_until(state, pid, profile, now + self.tombstone_keep)
         census.change(state, -1)
         state.txn.set(pid.encode(), profile)
         out.append((survivor, {"op": "absorbed", "loser": pid, "state": transferred, **link}))
@@ -619,6 +634,40 @@ class IdentityProtocol:
         self._unlock(state, pid, profile)  # the profile we wanted was merged elsewhere: merge with where it went
         self._merge(state, pid, profile, msg["now_in"], _link(msg), now, out)
         self._drain(state, pid, profile, now, out, merges)
+
+    # --- merged profiles' copies of their state --------------------------------------------
+
+    @staticmethod
+    def _keep_until(state: PartitionState, pid: str, tomb: dict[str, Any], due: float) -> None:
+        tomb["kept_until"] = due
+        state.txn.set(expiry_key(due, pid), 0)
+
+    def sweep_tombstones(self, state: PartitionState, now: float, limit: int) -> int:
+        """Drop the copies of their state that merged profiles have kept past ``OMNI_TOMBSTONE_STATE_KEEP_S``.
+
+        The pointer to the survivor stays: messages for the merged profile's id still find their way.
+        What the copy served (a repeated ``absorb``, an operator's split) is over by then; a split
+        asked for later says so (``refused["split_expired"]``). Reads the expiry index in the store
+        (written at checkpoints: due entries are always there) in time order, up to ``limit`` entries
+        due by ``now``, so the cost is in what expires, never in what is kept. Returns entries done.
+        """
+        done = 0
+        for key, _raw in state.store.items(EXPIRY_PREFIX):
+            due_ms, _, pid = key[len(EXPIRY_PREFIX) :].partition(b"|")
+            if int(due_ms) > now * 1000 or done >= limit:
+                break
+            if state.txn.get(key) is None:
+                continue  # swept since the last checkpoint, or the profile went (a split, an erasure)
+            state.txn.delete(key)
+            done += 1
+            tomb: dict[str, Any] | None = state.txn.get(pid)
+            if tomb is not None and is_tombstone(tomb) and "kept_until" in tomb and expiry_key(tomb["kept_until"], pid.decode()) == key:
+                del tomb["state"]
+                tomb.pop("link", None)
+                tomb.pop("kept_until")
+                state.txn.set(pid, tomb)
+                self.tally.states_dropped += 1
+        return done
 
     # --- locks and their bound ---------------------------------------------------------------
 
@@ -797,6 +846,11 @@ class IdentityProtocol:
                 answer["revived"] = {"identifiers": profile["identifiers"], "lineage": sorted(lineage(profile))}
             out.append((survivor, answer))
             return
+        if "state" not in profile:  # dropped after OMNI_TOMBSTONE_STATE_KEEP_S: nothing to come back as
+            self.tally.refused["split_expired"] += 1
+            out.append((survivor, {"op": "unmerged", "loser": pid, "state": None, "by": msg["by"], "expired": True}))
+            return
+        _drop_expiry(state, pid, profile)
         revived = copy.deepcopy(profile["state"])
         revived.update(claims=[], lock=None, queue=[])
         revived.setdefault("apart", []).append(survivor)
@@ -899,6 +953,12 @@ class IdentityProtocol:
                     self._await_state(state, pid, profile, origin, now, out)
                 else:
                     self._profile_ops[msg["op"]](state, pid, profile, msg, now, out, merges)
+
+
+def _drop_expiry(state: PartitionState, pid: str, tomb: dict[str, Any]) -> None:
+    """A tombstone goes (erased) or comes back to life (split): its entry in the expiry index goes too."""
+    if "kept_until" in tomb:
+        state.txn.delete(expiry_key(tomb["kept_until"], pid))
 
 
 def _before_erasure(event_at: float | None, erased: float | None) -> bool:

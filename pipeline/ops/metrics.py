@@ -91,6 +91,11 @@ class Metrics:
             "omni_identity_late_answers",
             "Answers to a merge (absorbed) or a split (unmerged) taken after their lock had opened", ["op"], registry=r,
         )  # fmt: skip
+        self.states_dropped = Counter(
+            "omni_identity_tombstone_states_dropped",
+            "Merged profiles' copies of their state dropped after OMNI_TOMBSTONE_STATE_KEEP_S (the pointer stays)",
+            registry=r,
+        )
         self.duplicates = Counter("omni_duplicates", "Events skipped because their event_id was processed", registry=r)
         self.latency = BatchHistogram(
             "omni_event_latency_seconds", "From the record's arrival on the input topic to its processing",

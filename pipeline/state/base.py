@@ -21,12 +21,14 @@ DELETED: Any = object()
 TIMER_PREFIX = b"t:"
 IDENTIFIER_PREFIX = b"i|"  # identity-graph entries (pipeline.identity.protocol)
 ERASURE_PREFIX = b"e|"  # markers of erased identifiers (pipeline.privacy.erasure)
+EXPIRY_PREFIX = b"x|"  # when a merged profile's copy of its state is dropped, in time order (pipeline.identity.protocol)
 OFFSET_KEY = b"__changelog_offset__"
 TOPIC_KEY = b"__changelog_topic__"
 # Against the memory bound (``PartitionTransaction.held``) a changed value weighs PER_VALUE and an
 # identifier's or timer-index entry, small beside a profile, weighs 1.
 PER_VALUE = 16
-SMALL_PREFIXES = (TIMER_PREFIX, IDENTIFIER_PREFIX)
+SMALL_PREFIXES = (TIMER_PREFIX, IDENTIFIER_PREFIX, EXPIRY_PREFIX)
+UNCACHED_PREFIXES = (IDENTIFIER_PREFIX, EXPIRY_PREFIX)  # written, seldom or never read back through the transaction
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled with the hot path; other stores may be plain Python
@@ -201,5 +203,5 @@ class PartitionTransaction:
             self._encoded[key] = None
         else:
             self._encoded[key] = orjson.dumps(value)
-            if not key.startswith(IDENTIFIER_PREFIX):  # seldom read again: an event reaches a live
-                self._cache[key] = value  # profile by its own key, not through its identifiers
+            if not key.startswith(UNCACHED_PREFIXES):  # seldom read again: an event reaches a live profile
+                self._cache[key] = value  # by its own key, not through its identifiers; expiries, by a sweep

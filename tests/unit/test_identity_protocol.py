@@ -117,8 +117,8 @@ class Cluster:
         """identifier -> owning profile id, from every partition (a founding identifier has no entry)."""
         out = {}
         for state in self.states.values():
-            for key, value in list(state.txn._dirty.items()):
-                if key.startswith(ID_PREFIX) and value is not DELETED:
+            for key, value in held_by(state).items():
+                if key.startswith(ID_PREFIX):
                     out[key[len(ID_PREFIX):].decode()] = value[0]  # [owner, the claim that made it so]
         for pid, profile in self.profiles().items():
             if not is_tombstone(profile):
@@ -128,8 +128,8 @@ class Cluster:
     def profiles(self) -> dict[str, dict[str, Any]]:
         out = {}
         for state in self.states.values():
-            for key, value in list(state.txn._dirty.items()):
-                if not key.startswith((ID_PREFIX, TIMER_PREFIX, b"r|", b"e|", b"sku:")) and value is not DELETED:
+            for key, value in held_by(state).items():
+                if not key.startswith((ID_PREFIX, TIMER_PREFIX, b"r|", b"e|", b"x|", b"sku:")):
                     out[key.decode()] = value
         return out
 
@@ -150,6 +150,21 @@ class Cluster:
                 for value in values:
                     assert entries.get(f"{kind}:{value}") == pid, f"{pid} holds {kind}:{value}, owned by another"
         return live
+
+
+def held_by(state: PartitionState) -> dict[bytes, Any]:
+    """Every value a partition holds: in its store (checkpointed), and written since."""
+    values = {key: orjson.loads(raw) for key, raw in state.store.items(b"")}
+    values.update(state.txn._dirty)
+    return {key: value for key, value in values.items() if value is not DELETED}
+
+
+def checkpoint(cluster: Cluster) -> None:
+    """Every partition's changes into its store, as the engine's checkpoint leaves them."""
+    for state in cluster.states.values():
+        state.index_unfired()
+        state.store.write(state.txn.take(), 0)
+        state.txn.flushed()
 
 
 def linked_components(events: list[dict[str, Any]]) -> list[set[str]]:

@@ -1,0 +1,92 @@
+"""State that would only grow has a bound: what is kept, for how long, and what is counted when dropped."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pipeline.identity.protocol import is_tombstone
+from pipeline.state.base import EXPIRY_PREFIX
+from tests.helpers import event
+from tests.unit.test_identity_protocol import SOURCE, Cluster, checkpoint, held_by
+
+DAY = 86_400.0
+
+
+def expiries(cluster: Cluster) -> list[bytes]:
+    return [key for state in cluster.states.values() for key in held_by(state) if key.startswith(EXPIRY_PREFIX)]
+
+
+def sweep(cluster: Cluster, now: float, limit: int = 500) -> int:
+    return sum(cluster.processor.identity.sweep_tombstones(state, now, limit) for state in cluster.states.values())
+
+
+def merged_pair(cluster: Cluster, n: int) -> None:
+    cluster.inject(event("add_to_cart", "web", {"cookie_id": f"ck{n}"}, f"c{n}", sku="MUG-002", qty=1, price=9.0))
+    cluster.inject(event("login", "web", {"customer_id": f"C{n}", "email": f"c{n}@example.dk"}, f"l{n}"))
+    cluster.settle()
+    cluster.inject(event("login", "web", {"customer_id": f"C{n}", "cookie_id": f"ck{n}"}, f"m{n}"))
+    cluster.settle()
+
+
+def test_a_merged_profile_keeps_its_copy_of_the_state_for_the_retention_then_only_the_pointer() -> None:
+    cluster = Cluster(duplicate_rate=0.0, tombstone_state_keep_s=30 * DAY)
+    merged_pair(cluster, 1)
+    tomb = cluster.profiles()["cookie_id:ck1"]
+    assert is_tombstone(tomb) and tomb["state"]["cart"] and len(expiries(cluster)) == 1
+    checkpoint(cluster)  # the sweep reads the expiry index where checkpoints leave it
+
+    assert sweep(cluster, time.time() + 29 * DAY) == 0
+    assert sweep(cluster, time.time() + 30 * DAY + 60) == 1
+    assert cluster.profiles()["cookie_id:ck1"] == {"merged_into": "customer_id:C1"}
+    assert expiries(cluster) == [] and cluster.processor.identity.tally.states_dropped == 1
+    assert sweep(cluster, time.time() + 31 * DAY) == 0  # nothing twice, before or after the next checkpoint
+
+    # The pointer still leads there...
+    cluster.inject(event("page_view", "web", {"cookie_id": "ck1"}, "later"))
+    cluster.settle()
+    assert cluster.check_consistent()["customer_id:C1"]["counters"]["page_view"] == 1
+    # ...but a split can no longer bring it back, and says so.
+    cluster.send(SOURCE, "customer_id:C1", {"op": "split", "identifier": "cookie_id:ck1", "by": "test"})
+    cluster.settle()
+    (c1,) = cluster.check_consistent().values()
+    assert c1["identifiers"]["cookie_id"] == ["ck1"] and c1["lock"] is None
+    assert cluster.processor.identity.tally.refused["split_expired"] == 1
+
+
+def test_the_sweep_takes_at_most_its_limit_and_only_what_expired() -> None:
+    cluster = Cluster(partitions=1, duplicate_rate=0.0, tombstone_state_keep_s=DAY)
+    for n in range(3):
+        merged_pair(cluster, n)
+    checkpoint(cluster)
+    later = time.time() + DAY + 60
+    assert sweep(cluster, later, limit=1) == 1 and cluster.processor.identity.tally.states_dropped == 1
+    assert sweep(cluster, later, limit=1) == 1  # the next, not the one swept since the checkpoint
+    assert sweep(cluster, later) == 1 and cluster.processor.identity.tally.states_dropped == 3
+    assert sweep(cluster, later) == 0 and expiries(cluster) == []
+
+
+def test_erasing_or_splitting_a_merged_profile_takes_its_expiry_with_it() -> None:
+    cluster = Cluster(duplicate_rate=0.0)
+    merged_pair(cluster, 1)
+    merged_pair(cluster, 2)
+    cluster.send(SOURCE, "customer_id:C1", {"op": "split", "identifier": "cookie_id:ck1", "by": "test"})
+    cluster.send(SOURCE, "customer_id:C2", {"op": "erase", "request_id": "r1", "subject": "customer_id:C2", "at": time.time()})
+    cluster.settle()
+    assert expiries(cluster) == []  # (an expiry's key names the profile: an erasure leaves none)
+    assert set(cluster.check_consistent()) == {"customer_id:C1", "cookie_id:ck1"}
+
+
+def test_a_tombstone_from_before_retention_gets_one_when_next_touched() -> None:
+    cluster = Cluster(duplicate_rate=0.0, tombstone_state_keep_s=DAY)
+    merged_pair(cluster, 1)
+    state = cluster.states[cluster.partition_of("cookie_id:ck1")]
+    tomb: dict[str, Any] = state.txn.get(b"cookie_id:ck1")
+    for key in expiries(cluster):  # as merges left them before
+        state.txn.delete(key)
+    del tomb["kept_until"]
+    cluster.send(SOURCE, "cookie_id:ck1", {"op": "notice", "about": "nothing"})  # forwarded to the survivor
+    cluster.settle()
+    assert "kept_until" in state.txn.get(b"cookie_id:ck1") and len(expiries(cluster)) == 1
+    checkpoint(cluster)
+    assert sweep(cluster, time.time() + DAY + 60) == 1
