@@ -181,6 +181,8 @@ class Settings(BaseModel):
     max_waiting_per_product: int = Field(2_000, description="customers one sold-out product remembers to tell")
     purchases_kept: int = 50
     views_kept: int = 50
+    cart_kept: int = Field(50, ge=1, description="cart lines kept per profile; past it the line added longest ago goes")
+    stores_kept: int = Field(20, ge=1, description="stores kept per profile; past it the one used longest ago goes")
 
     # --- privacy ------------------------------------------------------------
     # Erased identifiers are remembered only as keyed hashes, so that replaying old input

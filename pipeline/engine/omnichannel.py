@@ -290,6 +290,7 @@ class OmnichannelJob(Job):
         if t.outcomes_unmatched:
             m.outcomes_unmatched.inc(t.outcomes_unmatched)
         m.add(m.timer_errors, t.timer_errors)
+        m.add(m.profile_entries_dropped, t.trimmed)
         self.processor.tally = Tallies()
         identity = self.processor.identity.tally
         if identity.merges:
@@ -303,6 +304,7 @@ class OmnichannelJob(Job):
         m.add(m.late_answers, identity.late_answers)
         if identity.states_dropped:
             m.states_dropped.inc(identity.states_dropped)
+        m.add(m.profile_entries_dropped, identity.trimmed)
         self.processor.identity.tally = IdentityTally()
         if self.latencies:
             m.latency.observe_many(self.latencies)

@@ -51,6 +51,7 @@ class Tallies:
     suppressed: Counter = field(default_factory=Counter)
     outcomes_unmatched: int = 0
     timer_errors: Counter = field(default_factory=Counter)
+    trimmed: Counter = field(default_factory=Counter)  # what a profile's bounds dropped: cart, stores, purchases...
 
 
 class Processor:
@@ -61,6 +62,8 @@ class Processor:
             dedup_window=settings.dedup_window,
             purchases_kept=settings.purchases_kept,
             views_kept=settings.views_kept,
+            cart_kept=settings.cart_kept,
+            stores_kept=settings.stores_kept,
         )
         self.catalogue = catalogue
         self.rules = RulesFile(settings.rules_file)
@@ -143,7 +146,7 @@ class Processor:
                 play.send_again(profile, event, out)  # what a torn checkpoint may have lost (Play.send_again)
             return False
         self.applied += 1
-        apply_event(profile, event, self.limits)
+        apply_event(profile, event, self.limits, self.tally.trimmed)
         if event["type"] == "purchase" and "touches" in profile:
             self._attribute(state, profile, event)
         plays = self.by_trigger.get(event["type"])

@@ -109,6 +109,7 @@ class IdentityTally:
     lock_timeouts: Counter = field(default_factory=Counter)  # kind of lock opened by its bound: merge, split, state
     late_answers: Counter = field(default_factory=Counter)  # op: answers taken after their lock had opened
     states_dropped: int = 0  # merged profiles' copies of their state dropped after OMNI_TOMBSTONE_STATE_KEEP_S
+    trimmed: Counter = field(default_factory=Counter)  # what the bounds on a merged profile dropped: cart, stores...
 
 
 class IdentityProtocol:
@@ -593,7 +594,7 @@ class IdentityProtocol:
         # merge: its state still holds it, as the claimant, and must not bring it back.
         moved = _link_gone(pid, profile, msg)
         moved_timers = [(tid, t) for tid, t in taken["timers"].items() if tid not in profile["timers"]]
-        merge_profiles(profile, taken, self.limits)
+        merge_profiles(profile, taken, self.limits, self.tally.trimmed)
         if moved:
             self._remove_identifiers(profile, {split_id(msg["via"])[0]: [split_id(msg["via"])[1]]})
             self._count_refusal("moved", msg["via"])

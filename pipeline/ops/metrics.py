@@ -96,6 +96,11 @@ class Metrics:
             "Merged profiles' copies of their state dropped after OMNI_TOMBSTONE_STATE_KEEP_S (the pointer stays)",
             registry=r,
         )
+        self.profile_entries_dropped = Counter(
+            "omni_profile_entries_dropped",
+            "Entries a profile's bounds dropped, oldest first: cart lines, stores, purchases, viewed products, pickups",
+            ["what"], registry=r,
+        )  # fmt: skip
         self.duplicates = Counter("omni_duplicates", "Events skipped because their event_id was processed", registry=r)
         self.latency = BatchHistogram(
             "omni_event_latency_seconds", "From the record's arrival on the input topic to its processing",

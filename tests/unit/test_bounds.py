@@ -6,8 +6,10 @@ import time
 from typing import Any
 
 from pipeline.identity.protocol import is_tombstone
+from pipeline.profiles.merge import merge_profiles
+from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile
 from pipeline.state.base import EXPIRY_PREFIX
-from tests.helpers import event
+from tests.helpers import clean, event
 from tests.unit.test_identity_protocol import SOURCE, Cluster, checkpoint, held_by
 
 DAY = 86_400.0
@@ -90,3 +92,31 @@ def test_a_tombstone_from_before_retention_gets_one_when_next_touched() -> None:
     assert "kept_until" in state.txn.get(b"cookie_id:ck1") and len(expiries(cluster)) == 1
     checkpoint(cluster)
     assert sweep(cluster, time.time() + DAY + 60) == 1
+
+
+def test_a_cart_and_the_stores_used_keep_their_most_recent_entries_and_count_the_rest() -> None:
+    limits = ProfileLimits(cart_kept=5, stores_kept=3)
+    p = new_profile("customer_id:C1")
+    dropped: dict[str, int] = {}
+    start = time.time() - 3600
+    for n in range(8):
+        apply_event(p, clean(event("add_to_cart", "web", {"customer_id": "C1"}, f"a{n}", at=start + n, sku=f"S{n}", qty=1, price=1.0)), limits, dropped)  # fmt: skip
+        apply_event(p, clean(event("loyalty_scan", "store", {"customer_id": "C1"}, f"v{n}", at=start + n, store_id=f"st{n}")), limits, dropped)  # fmt: skip
+    assert sorted(p["cart"]) == ["S3", "S4", "S5", "S6", "S7"] and sorted(p["stores"]) == ["st5", "st6", "st7"]
+    apply_event(p, clean(event("add_to_cart", "web", {"customer_id": "C1"}, "again", at=start + 9, sku="S3", qty=1, price=1.0)), limits, dropped)  # fmt: skip
+    apply_event(p, clean(event("add_to_cart", "web", {"customer_id": "C1"}, "new", at=start + 10, sku="S8", qty=1, price=1.0)), limits, dropped)  # fmt: skip
+    assert sorted(p["cart"]) == ["S3", "S5", "S6", "S7", "S8"]  # S3, added again, was recent: S4 went
+    assert dropped == {"cart": 4, "stores": 5}
+
+
+def test_a_merge_keeps_the_bounds_on_the_union() -> None:
+    limits = ProfileLimits(cart_kept=4, stores_kept=2)
+    a, b = new_profile("customer_id:C1"), new_profile("cookie_id:k")
+    start = time.time() - 3600
+    for n, profile in enumerate([a, b, a, b, a, b]):
+        profile["cart"][f"S{n}"] = {"qty": 1, "price": 1.0, "ts": start + n}
+        profile.setdefault("stores", {})[f"st{n}"] = start + n
+    dropped: dict[str, int] = {}
+    merge_profiles(a, b, limits, dropped)
+    assert sorted(a["cart"]) == ["S2", "S3", "S4", "S5"] and sorted(a["stores"]) == ["st4", "st5"]
+    assert dropped == {"cart": 2, "stores": 4}
