@@ -23,9 +23,9 @@ The protocol, one event at a time:
    becomes a tombstone pointing at the survivor, else it answers ``refused`` and the
    identifier that linked them is left out. The survivor unlocks and repoints every
    identifier of the merged profile to itself.
-5. A lock has a bound (``OMNI_MERGE_LOCK_TIMEOUT_S``): a timer on the profile, in the
-   partition's timer index like a play's, opens it if no answer came (one dead-lettered,
-   or held up behind a backlog). The merge counts as refused (``lock_timeout``: the
+5. A lock has a bound (``OMNI_MERGE_LOCK_TIMEOUT_S``): a timer on the profile (deferred:
+   in memory until a checkpoint finds the lock held, then in the partition's timer index
+   like a play's) opens it if no answer came (one dead-lettered, or held up behind a backlog). The merge counts as refused (``lock_timeout``: the
    identifier that linked them is left out), the other side is told (``abandon``: a
    queued ``absorb`` is struck off, and a profile that had merged already sends its state
    again), and what waited runs. An answer that comes after that is still taken: an
@@ -679,7 +679,7 @@ class IdentityProtocol:
 
     def _bound(self, state: PartitionState, pid: str, lock: dict[str, Any], now: float) -> None:
         lock["due"] = now + self.lock_timeout
-        state.schedule(lock["due"], pid, LOCK_TIMER)
+        state.schedule(lock["due"], pid, LOCK_TIMER, deferred=True)  # nearly always cancelled within milliseconds
 
     @staticmethod
     def _unlock(state: PartitionState, pid: str, profile: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,12 @@ class PartitionState:
     # next emit, nearly always before any checkpoint, and indexing them would write an entry and its
     # deletion to the changelog for nothing; a checkpoint that comes first indexes them (index_unfired).
     unindexed: set[tuple[float, str, str]] = field(default_factory=set)
+    # Timers expected to be cancelled long before they come due (a profile's lock waits milliseconds for an
+    # answer, and its bound is minutes): neither in the heap nor in the index until a checkpoint comes, or
+    # their time. Most are cancelled before either, and cost a dict entry and nothing else: in the heap, a
+    # cancelled entry would stay until its due time, and a merge a second would keep minutes' worth.
+    deferred: dict[tuple[str, str], float] = field(default_factory=dict)  # (key, timer id) -> due
+    deferred_next: float = math.inf  # no deferred timer is due before this
     fence: Fence = field(default_factory=Fence)  # outputs sent since the checkpoint this state came from
     # Whether any identifier of this partition was ever erased. Until one is, a new customer
     # needs no lookup among the markers: a keyed hash and a store miss each, saved.
@@ -48,15 +55,24 @@ class PartitionState:
         heapq.heapify(self.timers)
         self.pending = len(self.timers)
 
-    def schedule(self, due: float, key: str, timer_id: str) -> None:
+    def schedule(self, due: float, key: str, timer_id: str, deferred: bool = False) -> None:
+        """Set a timer: in the heap and the index, or with ``deferred`` only in memory until a checkpoint or its time."""
+        self.pending += 1
+        if deferred:
+            self.deferred[(key, timer_id)] = due
+            self.deferred_next = min(self.deferred_next, due)
+            return
         if due <= time.time():
             self.unindexed.add((due, key, timer_id))
         else:
             self.txn.set(timer_key(due, key, timer_id), {"due": due, "key": key, "timer_id": timer_id})
         heapq.heappush(self.timers, (due, key, timer_id))
-        self.pending += 1
 
     def unschedule(self, due: float, key: str, timer_id: str) -> None:
+        if self.deferred and self.deferred.get((key, timer_id)) == due:
+            del self.deferred[(key, timer_id)]
+            self.pending -= 1
+            return
         entry = (due, key, timer_id)
         if entry in self.unindexed:
             self.unindexed.discard(entry)
@@ -69,6 +85,11 @@ class PartitionState:
         for due, key, timer_id in self.unindexed:
             self.txn.set(timer_key(due, key, timer_id), {"due": due, "key": key, "timer_id": timer_id})
         self.unindexed.clear()
+        for (key, timer_id), due in self.deferred.items():
+            self.txn.set(timer_key(due, key, timer_id), {"due": due, "key": key, "timer_id": timer_id})
+            heapq.heappush(self.timers, (due, key, timer_id))
+        self.deferred.clear()
+        self.deferred_next = math.inf
 
     def overdue(self, before: float) -> int:
         """Heap entries due before ``before`` (cancelled ones among them are skipped when they fire).
@@ -86,6 +107,13 @@ class PartitionState:
 
     def due(self, now: float) -> list[tuple[float, str, str]]:
         """Pop every heap entry due by ``now``; callers check each is still scheduled."""
+        if now >= self.deferred_next:  # a deferred timer's time came before any checkpoint: into the heap
+            for (key, timer_id), due in list(self.deferred.items()):
+                if due <= now:
+                    del self.deferred[(key, timer_id)]
+                    self.unindexed.add((due, key, timer_id))
+                    heapq.heappush(self.timers, (due, key, timer_id))
+            self.deferred_next = min(self.deferred.values(), default=math.inf)
         out = []
         while self.timers and self.timers[0][0] <= now:
             out.append(heapq.heappop(self.timers))

@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 
 from pipeline.identity.protocol import LOCK_TIMER, is_tombstone
+from pipeline.state.base import TIMER_PREFIX
+from pipeline.state.partition import PartitionState
 from tests.helpers import event
 from tests.unit.test_erasure import held
-from tests.unit.test_identity_protocol import SOURCE, Cluster, people_events
+from tests.unit.test_identity_protocol import SOURCE, Cluster, checkpoint, people_events
 
 TIMEOUT = 300.0
 SURVIVOR, LOSER = "customer_id:C1", "cookie_id:ck1"
@@ -232,3 +234,19 @@ def test_a_locked_profile_keeps_at_most_its_queue_limit_and_never_turns_an_erasu
     cluster.settle()
     assert [m["result"] for m in cluster.merges if m.get("audit")] == ["erased"]
     assert list(cluster.check_consistent()) == [LOSER]
+
+
+def test_a_lock_answered_in_time_leaves_no_timer_behind_and_one_held_across_a_restart_still_opens() -> None:
+    cluster = two_profiles()
+    link(cluster, "nothing")  # merged in milliseconds: its bound never reached the heap or the index
+    assert [tid for _, _, tid in _index(cluster) if tid == LOCK_TIMER] == [] and not any(state.deferred for state in cluster.states.values())
+    assert not any(key.startswith(TIMER_PREFIX) and LOCK_TIMER.encode() in key for state in cluster.states.values() for key in state.txn._dirty)  # fmt: skip
+
+    cluster = two_profiles()
+    link(cluster, "absorb")
+    checkpoint(cluster)  # the lock is held at a checkpoint: its bound is indexed with it...
+    for p, state in cluster.states.items():  # ...and a restarted worker finds it there
+        cluster.states[p] = PartitionState.open(p, state.store)
+    past_the_bound(cluster)
+    assert cluster.processor.identity.tally.lock_timeouts == {"merge": 1}
+    assert set(cluster.check_consistent()) == {SURVIVOR, LOSER}
