@@ -109,6 +109,9 @@ class Settings(BaseModel):
         5.0, description="encoding time a checkpoint may take between two batches (it is spread out, not one stall)"
     )
     state_cache_keys: int = Field(2_000, description="decoded values kept per state partition after a checkpoint")
+    timer_heap_slack: int = Field(
+        10_000, ge=0, description="cancelled timers a partition's in-memory heap may hold beyond twice the live ones before it is rebuilt"
+    )
     # --- fault injection (tests and `omni chaos` only; pipeline.runtime.faults) ---
     fault_revoke_error: bool = Field(
         False, description="testing only: the checkpoint taken when partitions are revoked fails"

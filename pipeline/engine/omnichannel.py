@@ -265,6 +265,11 @@ class OmnichannelJob(Job):
         metrics.profiles.set(sum(live_profiles(state) for state in owned.values()))
         now = time.time()
         metrics.timers_overdue.set(sum(state.overdue(now - OVERDUE_S) for state in owned.values()))
+        dropped = sum(state.heap_dropped for state in owned.values())
+        if dropped:
+            metrics.timer_heap_dropped.inc(dropped)
+            for state in owned.values():
+                state.heap_dropped = 0
         try:
             for state in owned.values():
                 self.processor.identity.sweep_tombstones(state, now, SWEEP_PER_CALL)

@@ -113,6 +113,10 @@ class Metrics:
         )
         self.suppressed = Counter("omni_actions_suppressed", "Actions not sent, by reason", ["rule", "reason"], registry=r)
         self.timers_pending = Gauge("omni_timers_pending", "Delayed actions waiting", registry=r)
+        self.timer_heap_dropped = Counter(
+            "omni_timer_heap_entries_dropped",
+            "Cancelled timers taken out of the in-memory heap when it was rebuilt (OMNI_TIMER_HEAP_SLACK)", registry=r,
+        )  # fmt: skip
         self.lag = Gauge("omni_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r)
         self.checkpoints = Counter("omni_checkpoints", "Checkpoints completed", registry=r)
         self.checkpoint_seconds = Histogram(

@@ -129,6 +129,19 @@ class PartitionTransaction:
     def __len__(self) -> int:
         return len(self._dirty)
 
+    def changes(self, prefix: bytes) -> Iterator[tuple[bytes, Any | None]]:
+        """Keys under ``prefix`` written and not in the store yet, with their values (None: deleted), oldest first.
+
+        What the store says of a key is out of date for these; a later one of the same key is the newer.
+        """
+        for key, raw in list(self._encoded.items()):
+            if key.startswith(prefix):
+                yield key, None if raw is None else orjson.loads(raw)
+        for written in (self._snapshot, self._dirty):
+            for key, value in list(written.items()):
+                if key.startswith(prefix):
+                    yield key, None if value is DELETED else value
+
     @property
     def held(self) -> int:
         """Changed values that were not in the cache when first changed, in profiles' worth: the memory a

@@ -9,6 +9,8 @@ from pipeline.identity.protocol import is_tombstone
 from pipeline.profiles.merge import merge_profiles
 from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile
 from pipeline.state.base import EXPIRY_PREFIX
+from pipeline.state.memory import MemoryStore
+from pipeline.state.partition import PartitionState
 from tests.helpers import clean, event
 from tests.unit.test_identity_protocol import SOURCE, Cluster, checkpoint, held_by
 
@@ -120,3 +122,18 @@ def test_a_merge_keeps_the_bounds_on_the_union() -> None:
     merge_profiles(a, b, limits, dropped)
     assert sorted(a["cart"]) == ["S2", "S3", "S4", "S5"] and sorted(a["stores"]) == ["st4", "st5"]
     assert dropped == {"cart": 2, "stores": 4}
+
+
+def test_the_timer_heap_is_rebuilt_from_live_timers_when_cancelled_ones_outnumber_them() -> None:
+    state = PartitionState.open(0, MemoryStore(), heap_slack=10)
+    now = time.time()
+    for n in range(100):
+        state.schedule(now + 60 + n, f"p{n}", "t")
+    state.schedule(now - 1, "due-now", "t")  # due already: not in the index, in the heap only
+    for n in range(90):
+        state.unschedule(now + 60 + n, f"p{n}", "t")
+        assert len(state.timers) <= 2 * state.pending + 10 + 1
+    assert state.pending == 11 and len(state.timers) < 30 and state.heap_dropped >= 60
+    fired = [key for _, key, _ in state.due(now + 3600)]  # cancelled ones among them are skipped by the caller
+    assert {"due-now", *(f"p{n}" for n in range(90, 100))} <= set(fired)  # every live one is still there
+    assert len(fired) == len(set(fired)) < 30
