@@ -201,6 +201,9 @@ class Settings(BaseModel):
     smtp_port: int = 25
     mail_from: str = Field("offers@example.com", description="the sender's From address")
     sender_state_dir: Path = Field(Path(".sender"), description="where the sender remembers the actions it delivered")
+    sender_keep_s: float = Field(
+        7 * 86_400.0, gt=0, description="how long the sender remembers an action it delivered; older actions are not sent"
+    )
 
     @model_validator(mode="after")
     def _tls_complete(self) -> "Settings":
