@@ -109,6 +109,9 @@ class Settings(BaseModel):
         5.0, description="encoding time a checkpoint may take between two batches (it is spread out, not one stall)"
     )
     state_cache_keys: int = Field(2_000, description="decoded values kept per state partition after a checkpoint")
+    timer_heap_slack: int = Field(
+        10_000, ge=0, description="cancelled timers a partition's in-memory heap may hold beyond twice the live ones before it is rebuilt"
+    )
     # --- fault injection (tests and `omni chaos` only; pipeline.runtime.faults) ---
     fault_revoke_error: bool = Field(
         False, description="testing only: the checkpoint taken when partitions are revoked fails"
@@ -164,6 +167,21 @@ class Settings(BaseModel):
     )
     max_identifiers_per_profile: int = Field(100, description="a profile stops taking identifiers past this many")
     max_merges_per_profile: int = Field(50, description="a profile stops merging after absorbing this many profiles")
+    # A merge's answer travels through the state topic and comes back in tens of milliseconds; a backlog
+    # can hold it for minutes. Past the bound the answer is taken as lost (a dead letter): the lock opens.
+    merge_lock_timeout_s: float = Field(
+        300.0, gt=0, description="longest a profile stays locked waiting for a merge's or a split's answer"
+    )
+    # What a locked profile keeps for later: claims of new identifiers, merges, splits (an erasure never
+    # waits). A merge's round trip takes tens of milliseconds; a customer rarely brings more than a few.
+    # A merged profile's copy of its state answers a repeated absorb (a crash: minutes) and an operator's
+    # split (a wrong merge noticed). After this long only the pointer to its survivor stays.
+    tombstone_state_keep_s: float = Field(
+        30 * 86_400.0, gt=0, description="how long a merged profile keeps a copy of the state it handed over"
+    )
+    merge_queue_limit: int = Field(
+        100, ge=1, description="messages a locked profile keeps for after its merge; past it, merges and new identifiers are refused"
+    )
 
     # --- profiles and rules -----------------------------------------------
     catalogue_file: Path = Field(PACKAGE_DATA / "catalogue.yaml", description="products, and each durable's consumable")
@@ -175,6 +193,8 @@ class Settings(BaseModel):
     max_waiting_per_product: int = Field(2_000, description="customers one sold-out product remembers to tell")
     purchases_kept: int = 50
     views_kept: int = 50
+    cart_kept: int = Field(50, ge=1, description="cart lines kept per profile; past it the line added longest ago goes")
+    stores_kept: int = Field(20, ge=1, description="stores kept per profile; past it the one used longest ago goes")
 
     # --- privacy ------------------------------------------------------------
     # Erased identifiers are remembered only as keyed hashes, so that replaying old input
@@ -190,6 +210,9 @@ class Settings(BaseModel):
     smtp_port: int = 25
     mail_from: str = Field("offers@example.com", description="the sender's From address")
     sender_state_dir: Path = Field(Path(".sender"), description="where the sender remembers the actions it delivered")
+    sender_keep_s: float = Field(
+        7 * 86_400.0, gt=0, description="how long the sender remembers an action it delivered; older actions are not sent"
+    )
 
     @model_validator(mode="after")
     def _tls_complete(self) -> "Settings":

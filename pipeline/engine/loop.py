@@ -409,7 +409,9 @@ class Engine:
         await self._fence_new(stores, {p: f for p, f in fences.items() if f.written is None})
         self.metrics.restore_seconds.set(time.monotonic() - started)
         for p, store in stores.items():
-            self.state[p] = PartitionState.open(p, store, self.settings.state_cache_keys, fences[p])
+            self.state[p] = PartitionState.open(
+                p, store, self.settings.state_cache_keys, fences[p], self.settings.timer_heap_slack
+            )
             self.metrics.state_restored.inc(applied.get(p, 0))
             self.metrics.fence_found.inc(sent.get(p, 0))
         if partitions:

@@ -47,6 +47,9 @@ from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
 OVERDUE_S = 5.0  # a timer this far past due has waited on a busy or stuck loop, not on its schedule
+# Merged profiles' copies of their state dropped per partition per housekeeping call (about once a second):
+# the sweep reads only what has expired, and spreads a burst of expiries (a day of many merges) out.
+SWEEP_PER_CALL = 500
 LOCAL_OPS = frozenset({"ev", "apply", "product", "interest", "notice", "claim", "claimed", "conflict"})  # may run at once when we own the target (see _deliver)
 
 
@@ -233,11 +236,26 @@ class OmnichannelJob(Job):
 
     def on_timers(self, state: PartitionState, now: float, out: Outbox) -> None:
         partition = str(state.partition).encode()
-        for topic, action in self.processor.fire_due(state, now):
+        sends, merges = self._produced, self._merges
+        for topic, action in self.processor.fire_due(state, now, sends, merges):
             # The headers let a recovery find what was sent for this partition (pipeline.state.fence),
             # and let senders drop a duplicate without parsing the value.
             headers = ((ACTION_ID_HEADER, action.action_id.encode()), (PARTITION_HEADER, partition))
             out.add(self.settings.topic(topic), action.customer.encode(), action.to_json(), headers)
+        if sends:  # a lock opened by its bound: what it tells others, and what waited for it, through the topic
+            partitions = self.partition_counts[self.state_topic]
+            for target, msg in sends:
+                key = target.encode()
+                try:
+                    value = orjson.dumps(msg)
+                except TypeError:
+                    log.exception("a message of an opened lock for %s cannot be written; dropped", target)
+                    self.processor.tally.deadletter[("invalid_event", REPARTITION)] += 1
+                    continue
+                out.add(self.state_topic, key, value, (), None, partition_for(key, partitions))
+            sends.clear()
+        if merges:
+            self._send_merges(merges, out)
 
     def housekeeping(self, owned: Mapping[int, PartitionState], metrics: Metrics) -> None:
         if self.processor.reload_rules():
@@ -245,8 +263,18 @@ class OmnichannelJob(Job):
         metrics.rules_refused.set(1 if self.processor.rules.failed else 0)
         metrics.show_ledger(ledger.summed(owned.values()))
         metrics.profiles.set(sum(live_profiles(state) for state in owned.values()))
-        late = time.time() - OVERDUE_S
-        metrics.timers_overdue.set(sum(state.overdue(late) for state in owned.values()))
+        now = time.time()
+        metrics.timers_overdue.set(sum(state.overdue(now - OVERDUE_S) for state in owned.values()))
+        dropped = sum(state.heap_dropped for state in owned.values())
+        if dropped:
+            metrics.timer_heap_dropped.inc(dropped)
+            for state in owned.values():
+                state.heap_dropped = 0
+        try:
+            for state in owned.values():
+                self.processor.identity.sweep_tombstones(state, now, SWEEP_PER_CALL)
+        except Exception:  # a bug here must not stop the worker: the copies wait for the next call
+            log.exception("dropping merged profiles' copies of their state failed")
 
     def _dead_letter(self, rec: Any, tp: TopicPartition, rejection: Rejection, out: Outbox) -> None:
         partition = tp.partition % self.partition_counts[self.deadletter]
@@ -267,6 +295,7 @@ class OmnichannelJob(Job):
         if t.outcomes_unmatched:
             m.outcomes_unmatched.inc(t.outcomes_unmatched)
         m.add(m.timer_errors, t.timer_errors)
+        m.add(m.profile_entries_dropped, t.trimmed)
         self.processor.tally = Tallies()
         identity = self.processor.identity.tally
         if identity.merges:
@@ -276,6 +305,11 @@ class OmnichannelJob(Job):
         m.add(m.erasures, identity.erasures)
         if identity.erased_dropped:
             m.erased_dropped.inc(identity.erased_dropped)
+        m.add(m.lock_timeouts, identity.lock_timeouts)
+        m.add(m.late_answers, identity.late_answers)
+        if identity.states_dropped:
+            m.states_dropped.inc(identity.states_dropped)
+        m.add(m.profile_entries_dropped, identity.trimmed)
         self.processor.identity.tally = IdentityTally()
         if self.latencies:
             m.latency.observe_many(self.latencies)

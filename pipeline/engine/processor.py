@@ -23,7 +23,7 @@ from pipeline.actions.plays import build_plays
 from pipeline.actions.plays.base import Play, Rearm, Timers, new_purchase
 from pipeline.actions.policy import Deferred, HeldOut, Policy, Suppressed
 from pipeline.actions.rules import RulesFile
-from pipeline.identity.protocol import IdentityProtocol, Message, Outbox, is_tombstone
+from pipeline.identity.protocol import LOCK_TIMER, IdentityProtocol, Message, Outbox, is_tombstone
 from pipeline.identity.resolve import routing_key
 from pipeline.ingest.validate import CleanEvent, Rejection, Validator
 from pipeline.measure import ledger
@@ -51,6 +51,7 @@ class Tallies:
     suppressed: Counter = field(default_factory=Counter)
     outcomes_unmatched: int = 0
     timer_errors: Counter = field(default_factory=Counter)
+    trimmed: Counter = field(default_factory=Counter)  # what a profile's bounds dropped: cart, stores, purchases...
 
 
 class Processor:
@@ -61,12 +62,16 @@ class Processor:
             dedup_window=settings.dedup_window,
             purchases_kept=settings.purchases_kept,
             views_kept=settings.views_kept,
+            cart_kept=settings.cart_kept,
+            stores_kept=settings.stores_kept,
         )
         self.catalogue = catalogue
         self.rules = RulesFile(settings.rules_file)
         self._use_rules()
         self.identity = IdentityProtocol(
-            settings.identity_rules(), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt
+            settings.identity_rules(), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt,
+            lock_timeout=settings.merge_lock_timeout_s, queue_limit=settings.merge_queue_limit,
+            tombstone_keep=settings.tombstone_state_keep_s,
         )
         self.tally = Tallies()
         self.applied = 0  # events applied to state so far: the engine times each record that raised it
@@ -141,7 +146,7 @@ class Processor:
                 play.send_again(profile, event, out)  # what a torn checkpoint may have lost (Play.send_again)
             return False
         self.applied += 1
-        apply_event(profile, event, self.limits)
+        apply_event(profile, event, self.limits, self.tally.trimmed)
         if event["type"] == "purchase" and "touches" in profile:
             self._attribute(state, profile, event)
         plays = self.by_trigger.get(event["type"])
@@ -180,10 +185,24 @@ class Processor:
 
     # --- step 3: due timers become actions ------------------------------------------------
 
-    def fire_due(self, state: PartitionState, now: float) -> list[tuple[str, Action]]:
-        """Due timers become actions: (logical topic, action) for each sent or held out."""
+    def fire_due(self, state: PartitionState, now: float, sends: Outbox, merges: list[Message]) -> list[tuple[str, Action]]:
+        """Due timers become actions: (logical topic, action) for each sent or held out.
+
+        A profile's lock timer (``LOCK_TIMER``) is the identity protocol's: opening the lock adds
+        protocol messages to ``sends`` (and records for ``identity.merges`` or ``privacy.audit``
+        to ``merges``), which the caller delivers.
+        """
         actions: list[tuple[str, Action]] = []
         for due, key, timer_id in state.due(now):
+            if timer_id == LOCK_TIMER:
+                sent, recorded = len(sends), len(merges)
+                try:
+                    self.identity.lock_due(state, key, due, now, sends, merges)
+                except Exception:  # as for a play's timer: never a crash loop on one
+                    log.exception("opening the lock of %s failed", key)
+                    self.tally.timer_errors[LOCK_TIMER] += 1
+                    del sends[sent:], merges[recorded:]  # half a step's outputs must not go out
+                continue
             skey = key.encode()
             profile = state.txn.get(skey)
             timer = profile["timers"].get(timer_id) if profile and not is_tombstone(profile) else None

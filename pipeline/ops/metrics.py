@@ -67,8 +67,10 @@ class Metrics:
         self.processed = Counter("omni_events_processed", "Events applied to state", ["type"], registry=r)
         self.merges = Counter("omni_identity_merges", "Profiles merged into another by identity resolution", registry=r)
         self.erasures = Counter(
-            "omni_erasures", "Erasure requests carried out (erased) or finding nobody (not_found)", ["result"], registry=r
-        )
+            "omni_erasures",
+            "Erasure requests carried out (erased) or finding nobody (not_found); merge partners erased with a profile (cascade)",
+            ["result"], registry=r,
+        )  # fmt: skip
         self.erased_dropped = Counter(
             "omni_erased_messages_dropped",
             "Events and protocol messages about an erased person from before the erasure (a replay), dropped",
@@ -80,6 +82,24 @@ class Metrics:
         self.identifiers_left_out = Counter(
             "omni_identifiers_left_out",
             "Identifiers not linked to a profile (a limit or cap), by type and reason", ["type", "reason"], registry=r,
+        )  # fmt: skip
+        self.lock_timeouts = Counter(
+            "omni_identity_lock_timeouts",
+            "Profiles' locks opened by OMNI_MERGE_LOCK_TIMEOUT_S: no answer came to a merge or a split", ["kind"], registry=r,
+        )  # fmt: skip
+        self.late_answers = Counter(
+            "omni_identity_late_answers",
+            "Answers to a merge (absorbed) or a split (unmerged) taken after their lock had opened", ["op"], registry=r,
+        )  # fmt: skip
+        self.states_dropped = Counter(
+            "omni_identity_tombstone_states_dropped",
+            "Merged profiles' copies of their state dropped after OMNI_TOMBSTONE_STATE_KEEP_S (the pointer stays)",
+            registry=r,
+        )
+        self.profile_entries_dropped = Counter(
+            "omni_profile_entries_dropped",
+            "Entries a profile's bounds dropped, oldest first: cart lines, stores, purchases, viewed products, pickups",
+            ["what"], registry=r,
         )  # fmt: skip
         self.duplicates = Counter("omni_duplicates", "Events skipped because their event_id was processed", registry=r)
         self.latency = BatchHistogram(
@@ -93,6 +113,10 @@ class Metrics:
         )
         self.suppressed = Counter("omni_actions_suppressed", "Actions not sent, by reason", ["rule", "reason"], registry=r)
         self.timers_pending = Gauge("omni_timers_pending", "Delayed actions waiting", registry=r)
+        self.timer_heap_dropped = Counter(
+            "omni_timer_heap_entries_dropped",
+            "Cancelled timers taken out of the in-memory heap when it was rebuilt (OMNI_TIMER_HEAP_SLACK)", registry=r,
+        )  # fmt: skip
         self.lag = Gauge("omni_consumer_lag", "Records behind the high watermark", ["topic", "partition"], registry=r)
         self.checkpoints = Counter("omni_checkpoints", "Checkpoints completed", registry=r)
         self.lease_lost = Counter(

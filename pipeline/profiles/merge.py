@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.measure.touches import TOUCHES_KEPT
-from pipeline.profiles.profile import DIGEST_CHARS, ProfileLimits
+from pipeline.profiles.profile import DIGEST_CHARS, ProfileLimits, trim_cart, trim_stores
 
 
-def merge_profiles(survivor: dict[str, Any], merged: dict[str, Any], limits: ProfileLimits) -> None:
-    """Fold ``merged`` into ``survivor`` in place.
+def merge_profiles(
+    survivor: dict[str, Any], merged: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int] | None = None
+) -> None:
+    """Fold ``merged`` into ``survivor`` in place; what the bounds on the union drop is counted in ``dropped``.
 
     Rules: identifiers and carts are united, counters and lifetime value summed
     (an order both profiles hold is counted once), first/last seen and per-channel
@@ -49,6 +51,9 @@ def merge_profiles(survivor: dict[str, Any], merged: dict[str, Any], limits: Pro
     for sku, line in list(survivor["cart"].items()):
         if _bought_after(survivor, sku, line["ts"]):  # carted as one identity, bought as the other
             del survivor["cart"][sku]
+    over = trim_cart(survivor["cart"], limits.cart_kept)
+    if over and dropped is not None:
+        dropped["cart"] = dropped.get("cart", 0) + over
 
     viewed = [s for s in older["viewed"] if s not in newer["viewed"]] + list(newer["viewed"])
     survivor["viewed"] = viewed[-limits.views_kept :]
@@ -67,6 +72,9 @@ def merge_profiles(survivor: dict[str, Any], merged: dict[str, Any], limits: Pro
     seen = merged.get("seen_events", "") + survivor.get("seen_events", "")
     survivor["seen_events"] = seen[-limits.dedup_window * DIGEST_CHARS :]
     _merge_play_state(survivor, merged, newer, older, counted_twice)
+    over = trim_stores(survivor["stores"], limits.stores_kept)
+    if over and dropped is not None:
+        dropped["stores"] = dropped.get("stores", 0) + over
 
 
 def _merge_play_state(

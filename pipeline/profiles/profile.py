@@ -27,6 +27,8 @@ class ProfileLimits:
     views_kept: int = 50
     actions_kept: int = 100
     pickups_kept: int = 20
+    cart_kept: int = 50  # lines; past it the one added longest ago goes
+    stores_kept: int = 20  # stores a customer used; past it the one used longest ago goes
 
 
 def new_profile(key: str) -> dict[str, Any]:
@@ -91,7 +93,8 @@ def seen_before(profile: dict[str, Any], event_id: str, limits: ProfileLimits) -
     return False
 
 
-def apply_event(profile: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def apply_event(profile: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]) -> None:
+    """Change ``profile`` by ``event``; what a bound drops is counted in ``dropped`` (by what: cart, stores...)."""
     ts: float = event["ts"]
     etype: str = event["type"]
     props: dict[str, Any] = event.get("properties", {})
@@ -108,10 +111,12 @@ def apply_event(profile: dict[str, Any], event: dict[str, Any], limits: ProfileL
 
     handler = _HANDLERS.get(etype)
     if handler is not None:
-        handler(profile, props, event, limits)
+        handler(profile, props, event, limits, dropped)
 
 
-def _purchase(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def _purchase(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
     order_id = props["order_id"]
     if any(p["order_id"] == order_id for p in profile["purchases"]):
         return  # the same order re-sent under a new event id must not count twice
@@ -130,26 +135,36 @@ def _purchase(profile: dict[str, Any], props: dict[str, Any], event: dict[str, A
     )
     if len(profile["purchases"]) > limits.purchases_kept:
         del profile["purchases"][0]
+        dropped["purchases"] = dropped.get("purchases", 0) + 1
     ltv = profile["lifetime_value"]
     ltv[props["currency"]] = round(ltv.get(props["currency"], 0.0) + props["total"], 2)
     for sku in skus:
         profile["cart"].pop(sku, None)
     if props.get("store_id"):
-        _visit(profile, props, event, limits)
+        _visit(profile, props, event, limits, dropped)
 
 
-def _add_to_cart(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
-    line = profile["cart"].setdefault(props["sku"], {"qty": 0, "price": props["price"], "ts": event["ts"]})
+def _add_to_cart(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
+    cart = profile["cart"]
+    line = cart.setdefault(props["sku"], {"qty": 0, "price": props["price"], "ts": event["ts"]})
     line["qty"] += props.get("qty", 1)
     line["price"] = props["price"]
     line["ts"] = event["ts"]
+    if len(cart) > limits.cart_kept:
+        dropped["cart"] = dropped.get("cart", 0) + trim_cart(cart, limits.cart_kept)
 
 
-def _remove_from_cart(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def _remove_from_cart(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
     profile["cart"].pop(props["sku"], None)
 
 
-def _product_view(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def _product_view(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
     viewed: list[str] = profile["viewed"]
     sku = props["sku"]
     if sku in viewed:
@@ -157,9 +172,12 @@ def _product_view(profile: dict[str, Any], props: dict[str, Any], event: dict[st
     viewed.append(sku)
     if len(viewed) > limits.views_kept:
         del viewed[0]
+        dropped["viewed"] = dropped.get("viewed", 0) + 1
 
 
-def _signup(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def _signup(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
     if props.get("locale"):
         profile["locale"] = props["locale"]
     if props.get("time_zone") and time_zone(props["time_zone"]) is not None:  # quiet hours are local
@@ -175,41 +193,80 @@ def time_zone(name: str) -> ZoneInfo | None:
         return None
 
 
-def _visit(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def _visit(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
     """The stores a customer uses, with when each was last used (back in stock tells them about these)."""
     store = props.get("store_id")
-    if store and event["ts"] > profile.setdefault("stores", {}).get(store, 0.0):
-        profile["stores"][store] = event["ts"]
+    if not store:
+        return
+    stores = profile.setdefault("stores", {})
+    if event["ts"] > stores.get(store, 0.0):
+        stores[store] = event["ts"]
+        if len(stores) > limits.stores_kept:
+            dropped["stores"] = dropped.get("stores", 0) + trim_stores(stores, limits.stores_kept)
 
 
-def _order_ready(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
-    _visit(profile, props, event, limits)
+def _order_ready(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
+    _visit(profile, props, event, limits, dropped)
     pickups = profile.setdefault("pickups", {})
     known = pickups.get(props["order_id"], {})
     pickups[props["order_id"]] = {
         **known, "store_id": props["store_id"], "ready_at": event["ts"], "event_id": event["event_id"]
     }
-    _trim(pickups, limits.pickups_kept)
+    if len(pickups) > limits.pickups_kept:
+        dropped["pickups"] = dropped.get("pickups", 0) + _trim(pickups, limits.pickups_kept)
 
 
-def _collected(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def _collected(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
     # Kept, marked: a late "ready" for an order already collected must not tell the customer to come.
     pickups = profile.setdefault("pickups", {})
     known = pickups.get(props["order_id"]) or {"store_id": None, "ready_at": None, "event_id": None}
     pickups[props["order_id"]] = {**known, "collected": event["ts"]}
-    _trim(pickups, limits.pickups_kept)
+    if len(pickups) > limits.pickups_kept:
+        dropped["pickups"] = dropped.get("pickups", 0) + _trim(pickups, limits.pickups_kept)
 
 
-def _trim(kept: dict[str, Any], limit: int) -> None:
+def _trim(kept: dict[str, Any], limit: int) -> int:
+    over = len(kept) - limit
     while len(kept) > limit:
         del kept[next(iter(kept))]  # the oldest first
+    return max(over, 0)
 
 
-def _consent(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def trim_cart(cart: dict[str, Any], limit: int) -> int:
+    """Past ``limit`` lines, drop those added longest ago; how many went (called only past it: a few dozen lines)."""
+    over = len(cart) - limit
+    if over <= 0:
+        return 0
+    for sku in sorted(cart, key=lambda sku: cart[sku]["ts"])[:over]:
+        del cart[sku]
+    return over
+
+
+def trim_stores(stores: dict[str, Any], limit: int) -> int:
+    """Past ``limit`` stores, drop those used longest ago; how many went."""
+    over = len(stores) - limit
+    if over <= 0:
+        return 0
+    for store in sorted(stores, key=lambda store: stores[store])[:over]:
+        del stores[store]
+    return over
+
+
+def _consent(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
     profile["consent"][props["channel"]] = props["granted"]
 
 
-def _unsubscribe(profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits) -> None:
+def _unsubscribe(
+    profile: dict[str, Any], props: dict[str, Any], event: dict[str, Any], limits: ProfileLimits, dropped: dict[str, int]
+) -> None:
     profile["consent"]["email"] = False
 
 

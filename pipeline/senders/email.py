@@ -8,7 +8,9 @@ What a downstream sender owes, and how this one keeps it:
 * **Nothing sent twice.** The ids of delivered actions are written to a local
   RocksDB store the moment the SMTP server accepts the message, before anything
   else; a replayed action whose id is there is not sent again (only its outcome is
-  reported, if that had not been). The one window left, a crash between the
+  reported, if that had not been). Ids are kept for ``OMNI_SENDER_KEEP_S`` (and at
+  most twice that, :mod:`pipeline.senders.delivered`), the action topics' retention:
+  an action decided longer ago than that is not sent at all. The one window left, a crash between the
   server's accept and that write (microseconds), is covered downstream: the
   message carries the action id as its ``Message-ID``, which mail systems use to
   drop duplicates. The pipeline itself may emit an action twice after a crash
@@ -34,7 +36,6 @@ import orjson
 import yaml
 from aiokafka import TopicPartition
 from pydantic import ValidationError
-from rocksdict import Rdict
 
 from pipeline import kafka
 from pipeline.actions.model import Action
@@ -44,6 +45,7 @@ from pipeline.ingest.validate import Rejection
 from pipeline.kafka import Record
 from pipeline.ops.topics import OUTCOMES, load_topics
 from pipeline.partitioner import partition_for
+from pipeline.senders.delivered import DeliveredIds
 from pipeline.settings import PACKAGE_DATA, Settings
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,8 @@ class EmailSender:
         self.smtp = smtp
         self.sender = sender
         self.templates = Templates()
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.done = Rdict(str(state_dir / "delivered"))  # action id -> outcome; "reported" once acknowledged
+        # action id -> outcome; "reported" once acknowledged. Remembered for OMNI_SENDER_KEEP_S at least.
+        self.done = DeliveredIds(state_dir, settings.sender_keep_s, time.time())
         self.stopping = asyncio.Event()
         self.counts: dict[str, int] = {}
 
@@ -93,6 +95,7 @@ class EmailSender:
         try:
             while not self.stopping.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                self.done.rotate(time.time())
                 if not batches:
                     continue
                 outcomes: list[Record] = []
@@ -118,6 +121,8 @@ class EmailSender:
             await consumer.stop()
             await producer.stop()
             self.done.close()
+            if self.done.forgotten:
+                self.counts["forgotten"] = self.done.forgotten
 
     async def _one(self, tp: TopicPartition, rec: Any, outcomes: list[Record], letters: list[tuple[int, Record]]) -> None:
         try:
@@ -129,6 +134,11 @@ class EmailSender:
         previous = self.done.get(action.action_id)
         if previous == "reported":
             return  # delivered and reported before a crash: nothing to do
+        if previous is None and self.done.too_old(action.created_at, time.time()):
+            # Older than what is remembered: it may have gone out already, and an offer that old is stale.
+            log.warning("action %s was decided more than OMNI_SENDER_KEEP_S ago: not sent", action.action_id)
+            self.counts["too_old"] = self.counts.get("too_old", 0) + 1
+            return
         outcome, detail = previous or await self._deliver(action)
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         report = {"action_id": action.action_id, "customer": action.customer, "outcome": outcome,

@@ -21,13 +21,15 @@ DELETED: Any = object()
 TIMER_PREFIX = b"t:"
 IDENTIFIER_PREFIX = b"i|"  # identity-graph entries (pipeline.identity.protocol)
 ERASURE_PREFIX = b"e|"  # markers of erased identifiers (pipeline.privacy.erasure)
+EXPIRY_PREFIX = b"x|"  # when a merged profile's copy of its state is dropped, in time order (pipeline.identity.protocol)
 OFFSET_KEY = b"__changelog_offset__"
 WRITTEN_AT_KEY = b"__changelog_written_at__"  # wall time of the last write that moved the offset
 TOPIC_KEY = b"__changelog_topic__"
 # Against the memory bound (``PartitionTransaction.held``) a changed value weighs PER_VALUE and an
 # identifier's or timer-index entry, small beside a profile, weighs 1.
 PER_VALUE = 16
-SMALL_PREFIXES = (TIMER_PREFIX, IDENTIFIER_PREFIX)
+SMALL_PREFIXES = (TIMER_PREFIX, IDENTIFIER_PREFIX, EXPIRY_PREFIX)
+UNCACHED_PREFIXES = (IDENTIFIER_PREFIX, EXPIRY_PREFIX)  # written, seldom or never read back through the transaction
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled with the hot path; other stores may be plain Python
@@ -132,6 +134,19 @@ class PartitionTransaction:
     def __len__(self) -> int:
         return len(self._dirty)
 
+    def changes(self, prefix: bytes) -> Iterator[tuple[bytes, Any | None]]:
+        """Keys under ``prefix`` written and not in the store yet, with their values (None: deleted), oldest first.
+
+        What the store says of a key is out of date for these; a later one of the same key is the newer.
+        """
+        for key, raw in list(self._encoded.items()):
+            if key.startswith(prefix):
+                yield key, None if raw is None else orjson.loads(raw)
+        for written in (self._snapshot, self._dirty):
+            for key, value in list(written.items()):
+                if key.startswith(prefix):
+                    yield key, None if value is DELETED else value
+
     @property
     def held(self) -> int:
         """Changed values that were not in the cache when first changed, in profiles' worth: the memory a
@@ -206,5 +221,5 @@ class PartitionTransaction:
             self._encoded[key] = None
         else:
             self._encoded[key] = orjson.dumps(value)
-            if not key.startswith(IDENTIFIER_PREFIX):  # seldom read again: an event reaches a live
-                self._cache[key] = value  # profile by its own key, not through its identifiers
+            if not key.startswith(UNCACHED_PREFIXES):  # seldom read again: an event reaches a live profile
+                self._cache[key] = value  # by its own key, not through its identifiers; expiries, by a sweep

@@ -76,7 +76,10 @@ class Shop:
 
     def fire(self, now: float) -> list[Action]:
         """The actions sent (held-out ones are in ``self.held``)."""
-        decided = self.processor.fire_due(self.state, now)
+        sends: list[tuple[str, dict[str, Any]]] = []
+        decided = self.processor.fire_due(self.state, now, sends, [])
+        for target, msg in sends:  # a lock opened by its bound
+            self.deliver(target, msg)
         self.held.extend(a for topic, a in decided if topic == "actions.holdout")
         return [a for topic, a in decided if topic != "actions.holdout"]
 

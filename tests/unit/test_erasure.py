@@ -13,7 +13,7 @@ from pipeline.privacy.erasure import MARKER_PREFIX, subject_hash
 from pipeline.state.base import DELETED
 from pipeline.state.partition import PartitionState
 from tests.helpers import event
-from tests.unit.test_identity_protocol import SOURCE, Cluster
+from tests.unit.test_identity_protocol import SOURCE, Cluster, held_by
 
 ANNA = ("C1", "L1", "anna@example.dk", "+4520123456", "dev-a", "ck-a1", "ck-a2")
 ANNA_SEEN = ("C1", "L1", "anna@example.dk", "4520123456", "dev-a", "ck-a1", "ck-a2")  # as they may be spelled in state
@@ -41,7 +41,7 @@ def bob_events(at: float) -> list[dict[str, Any]]:
 
 def held(cluster: Cluster) -> list[tuple[bytes, Any]]:
     """Every live key and value in every partition."""
-    return [(k, v) for state in cluster.states.values() for k, v in state.txn._dirty.items() if v is not DELETED]
+    return [(k, v) for state in cluster.states.values() for k, v in held_by(state).items()]
 
 
 def traces_of_anna(cluster: Cluster) -> list[str]:

@@ -52,7 +52,7 @@ def test_an_action_found_sent_is_recorded_again_but_not_sent_again(tmp_path: Pat
         state.fence.ids.update(fenced)
         processor.handle(state, "customer_id:C1", {"op": "apply", "event": clean(purchase("C1", "e1", ["VAC-100"]))}, time.time(), [], [])  # fmt: skip
         due = state.timers[0][0]
-        return state, [action for _, action in processor.fire_due(state, due)]
+        return state, [action for _, action in processor.fire_due(state, due, [], [])]
 
     _, (action,) = decide({})
     state, sent = decide({action.action_id: time.time()})  # type: ignore[attr-defined]

@@ -85,7 +85,14 @@ class Harness:
             out: list[tuple[str, dict[str, Any]]] = []
             self.processor.handle(self.state, target, msg, NOW, out, [])
             queue.extend(out)
-        self.processor.fire_due(self.state, NOW + 90 * 86_400)
+        sends: list[tuple[str, dict[str, Any]]] = []
+        self.processor.fire_due(self.state, NOW + 90 * 86_400, sends, [])
+        queue.extend(sends)  # a lock opened by its bound
+        while queue:
+            target, msg = queue.popleft()
+            out = []
+            self.processor.handle(self.state, target, msg, NOW + 90 * 86_400, out, [])
+            queue.extend(out)
 
 
 HARNESS = Harness()

@@ -13,6 +13,7 @@ import random
 import tempfile
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,9 @@ class Cluster:
         self.rng = random.Random(seed)
         self.duplicate_rate = duplicate_rate
         self.merges: list[dict[str, Any]] = []
+        # Which messages never arrive (dead-lettered on the way, or where they are handled): see settle.
+        self.lose: Callable[[str, dict[str, Any]], bool] = lambda target, msg: False
+        self.lost: list[tuple[str, dict[str, Any]]] = []
 
     def partition_of(self, target: str) -> int:
         return partition_for(target.encode(), self.partitions)
@@ -88,10 +92,24 @@ class Cluster:
                 return
             queue = self.links[self.rng.choice(busy)]
             target, msg = queue.popleft()
+            if self.lose(target, msg):
+                self.lost.append((target, msg))
+                continue
             if self.rng.random() < self.duplicate_rate:
                 queue.append((target, msg))  # delivered again later, as after a crash
             self.run(target, msg)
         raise AssertionError("the protocol did not settle")
+
+    def fire(self, now: float) -> list[Any]:
+        """Every partition's timers due by ``now``, as the engine's loop fires them; what they send goes
+        through the topic (``OmnichannelJob.on_timers``). Returns the actions decided."""
+        actions = []
+        for partition, state in self.states.items():
+            sends: list[tuple[str, dict[str, Any]]] = []
+            actions += self.processor.fire_due(state, now, sends, self.merges)
+            for target, msg in sends:
+                self.links.setdefault((partition, self.partition_of(target)), deque()).append((target, msg))
+        return actions
 
     # --- reading the result ------------------------------------------------------
 
@@ -99,8 +117,8 @@ class Cluster:
         """identifier -> owning profile id, from every partition (a founding identifier has no entry)."""
         out = {}
         for state in self.states.values():
-            for key, value in list(state.txn._dirty.items()):
-                if key.startswith(ID_PREFIX) and value is not DELETED:
+            for key, value in held_by(state).items():
+                if key.startswith(ID_PREFIX):
                     out[key[len(ID_PREFIX):].decode()] = value[0]  # [owner, the claim that made it so]
         for pid, profile in self.profiles().items():
             if not is_tombstone(profile):
@@ -110,8 +128,8 @@ class Cluster:
     def profiles(self) -> dict[str, dict[str, Any]]:
         out = {}
         for state in self.states.values():
-            for key, value in list(state.txn._dirty.items()):
-                if not key.startswith((ID_PREFIX, TIMER_PREFIX, b"r|", b"e|", b"sku:")) and value is not DELETED:
+            for key, value in held_by(state).items():
+                if not key.startswith((ID_PREFIX, TIMER_PREFIX, b"r|", b"e|", b"x|", b"sku:")):
                     out[key.decode()] = value
         return out
 
@@ -132,6 +150,21 @@ class Cluster:
                 for value in values:
                     assert entries.get(f"{kind}:{value}") == pid, f"{pid} holds {kind}:{value}, owned by another"
         return live
+
+
+def held_by(state: PartitionState) -> dict[bytes, Any]:
+    """Every value a partition holds: in its store (checkpointed), and written since."""
+    values = {key: orjson.loads(raw) for key, raw in state.store.items(b"")}
+    values.update(state.txn._dirty)
+    return {key: value for key, value in values.items() if value is not DELETED}
+
+
+def checkpoint(cluster: Cluster) -> None:
+    """Every partition's changes into its store, as the engine's checkpoint leaves them."""
+    for state in cluster.states.values():
+        state.index_unfired()
+        state.store.write(state.txn.take(), 0)
+        state.txn.flushed()
 
 
 def linked_components(events: list[dict[str, Any]]) -> list[set[str]]:
@@ -320,7 +353,7 @@ def test_a_split_gives_back_timers_as_they_are_now_not_as_they_were_at_the_merge
     cluster.inject(event("login", "web", {"customer_id": "C5", "email": "c5@example.dk", "cookie_id": "ck5"}, "e3"))
     cluster.settle()
     survivor = cluster.states[cluster.partition_of("customer_id:C5")]
-    fired = [a for _, a in cluster.processor.fire_due(survivor, time.time() + 4 * 3600 + 60)]
+    fired = [a for _, a in cluster.processor.fire_due(survivor, time.time() + 4 * 3600 + 60, [], [])]
     assert [a.rule for a in fired] == ["abandoned_cart"]  # fired for the survivor after the merge
     split(cluster, "customer_id:C5", "cookie_id:ck5")
     live = cluster.check_consistent()

@@ -14,7 +14,7 @@ def test_profile_remembers_channels_purchases_cart_and_value() -> None:
         purchase("C1", "e4", ["VAC-100"], channel="store", order_id="O1"),  # same order re-sent
         event("consent_updated", "web", {"customer_id": "C1"}, "e5", channel="sms", granted=False),
     ):
-        apply_event(p, clean(raw), limits)
+        apply_event(p, clean(raw), limits, {})
     assert set(p["channels"]) == {"app", "web", "store"}
     assert list(p["cart"]) == ["MUG-002"] and p["cart"]["MUG-002"]["qty"] == 2
     assert len(p["purchases"]) == 1 and p["lifetime_value"] == {"EUR": 10.0}

@@ -109,10 +109,10 @@ def test_processor_schedules_fires_once_and_reloads_timers_from_the_store(tmp_pa
     reopened = PartitionState.open(0, store)
     assert len(reopened.timers) == 1
     due = reopened.timers[0][0]
-    assert processor.fire_due(reopened, due - 1) == []
-    ((_, action),) = processor.fire_due(reopened, due)
+    assert processor.fire_due(reopened, due - 1, [], []) == []
+    ((_, action),) = processor.fire_due(reopened, due, [], [])
     assert action.offer is not None and action.offer["sku"] == "BAG-100"
-    assert processor.fire_due(reopened, due + 1) == []
+    assert processor.fire_due(reopened, due + 1, [], []) == []
     profile = reopened.txn.get(b"customer_id:C1")
     assert profile["timers"] == {} and action.action_id in profile["actions"]
     assert reopened.txn.get(timer_key(due, "customer_id:C1", next(iter([action.facts["order_id"]])))) is None
