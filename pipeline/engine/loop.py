@@ -578,6 +578,11 @@ class _Rebalance(ConsumerRebalanceListener):
         engine.lease.renew()  # the group answered: a member from now on
         async with engine.lock:
             if engine.rejoining:
+                # What we sent before giving up may still be on its way (a slow or cut-off link):
+                # the fence must find those actions in their topics, and the restore our last
+                # changelog writes, or they would be decided, or restored, without them.
+                await engine.producer.flush()
+                await engine.changelog_producer.flush()
                 # Input read past the last commit was dropped with the state it changed: read it
                 # again. (aiokafka keeps the position of a partition that stays assigned.)
                 for tp in assigned:
