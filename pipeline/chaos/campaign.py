@@ -56,8 +56,8 @@ from rocksdict import Options, Rdict
 from pipeline.actions.catalogue import Catalogue
 from pipeline.bench.workers import WorkerProcess, wait_ready
 from pipeline.chaos.invariants import (
-    comparable, dead_lettered, differences, live_profiles, produce_steadily, read_topic, sent_actions, topics_with,
-    wait_drained,
+    comparable, create_topics, dead_lettered, differences, live_profiles, produce_steadily, read_topic, sent_actions,
+    topics_with, wait_drained,
 )  # fmt: skip
 from pipeline.chaos.proxy import PRODUCE, FaultProxy
 from pipeline.identity.export import changelog_state
@@ -165,7 +165,7 @@ def _input(c: Campaign, base: Settings) -> list[Produced]:
 
 def _clean_run(c: Campaign, base: Settings, records: list[Produced]) -> dict[str, Any]:
     settings = base.model_copy(update={"topic_prefix": "clean.", "state_dir": c.workdir / "clean"})
-    _create_topics(settings)
+    create_topics(settings)
     asyncio.run(produce_all(settings, records))
     worker = WorkerProcess.start(settings, c.workdir / "clean.log")
     try:
@@ -185,7 +185,7 @@ def _disturbed_run(
     proxy: _ProxyThread, rng: random.Random, report: Report,
 ) -> None:  # fmt: skip
     settings = base.model_copy(update={"topic_prefix": "chaos."})
-    _create_topics(settings)
+    create_topics(settings)
     dirs = [c.workdir / f"worker-{n}" for n in range(c.workers)]
     logs = [c.workdir / f"worker-{n}.log" for n in range(c.workers)]
 
@@ -415,14 +415,6 @@ def _mentions(raw: bytes, needles: list[bytes]) -> bool:
 
 def _inputs(records: list[Produced]) -> int:
     return len(records)
-
-
-def _create_topics(settings: Settings) -> None:
-    from pipeline.ops.topics import apply_topics, load_topics
-
-    drift = asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
-    if drift:
-        raise RuntimeError(f"topics drifted: {drift}")
 
 
 def _wait_erased(worker: WorkerProcess, timeout_s: float = 30.0) -> None:

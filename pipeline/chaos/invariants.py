@@ -23,11 +23,11 @@ from pipeline.bench.workers import WorkerProcess, wait_until
 from pipeline.identity.export import changelog_state
 from pipeline.identity.protocol import is_tombstone
 from pipeline.ingest.contract import IDENTIFIER_TYPES, INPUT_TOPICS
-from pipeline.ops.topics import ACTION_TOPIC_PREFIX, load_topics
+from pipeline.ops.topics import ACTION_TOPIC_PREFIX, apply_topics, load_topics
 from pipeline.profiles.profile import DIGEST_CHARS
 from pipeline.settings import PROJECT_ROOT, Settings
 from pipeline.simulate.population import Produced
-from pipeline.simulate.produce import send_produced
+from pipeline.simulate.produce import produce_all, send_produced
 
 
 async def read_topic(settings: Settings, *logical_topics: str) -> list[Any]:
@@ -78,6 +78,31 @@ async def produce_steadily(settings: Settings, records: list[Produced], seconds:
             await asyncio.sleep(max(0.0, started + (n + 1) * tick - time.monotonic()))
     finally:
         await producer.stop()
+
+
+def create_topics(settings: Settings) -> None:
+    drift = asyncio.run(apply_topics(settings, load_topics(settings.topics_file)))
+    if drift:
+        raise RuntimeError(f"topics drifted: {drift}")
+
+
+def clean_run(settings: Settings, records: list[Produced], workdir: Path, catalogue: Path | None = None) -> Settings:
+    """The input through one worker that nothing disturbs, on topics of its own; returns their settings.
+
+    The worker's counters must account for every record (processed, duplicate or dead-lettered).
+    """
+    clean = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "clean.", "state_dir": workdir / "clean"})
+    create_topics(clean)
+    asyncio.run(produce_all(clean, records))
+    worker = WorkerProcess.start(clean, workdir / "clean.log", catalogue)
+    try:
+        wait_drained(clean, [worker], len(records))
+        counts = worker.metrics()
+    finally:
+        assert worker.stop() == 0, worker.log.read_text()[-3000:]
+    accounted = sum(counts.get(n, 0) for n in ("omni_events_processed_total", "omni_duplicates_total", "omni_deadletter_total"))
+    assert accounted == len(records), f"the clean run accounts for {accounted} of {len(records)} records: {counts}"
+    return clean
 
 
 def wait_drained(settings: Settings, workers: list[WorkerProcess], produced: int) -> None:

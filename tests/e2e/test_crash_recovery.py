@@ -28,9 +28,9 @@ from pipeline.actions.catalogue import Catalogue
 from pipeline.bench.workers import WorkerProcess, wait_ready
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population
-from pipeline.simulate.produce import produce_all
 from pipeline.chaos.invariants import (
-    comparable, dead_lettered, differences, live_profiles, produce_steadily, sent_actions, topics_with, wait_drained,
+    clean_run, comparable, dead_lettered, differences, live_profiles, produce_steadily, sent_actions, topics_with,
+    wait_drained,
 )  # fmt: skip
 from tests.helpers import catalogue_with_delay, create_topics
 
@@ -46,17 +46,7 @@ def test_kill_restart_and_graceful_stop_lose_nothing_and_send_nothing_twice(sett
     catalogue = catalogue_with_delay(tmp_path, "2s")  # follow-ups fire during the run, and across the crash
     records = list(itertools.islice(Population(Catalogue.load(catalogue), customers=400, seed=5, bad_rate=0.02).records(time.time()), RECORDS))  # fmt: skip
 
-    clean = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "clean.", "state_dir": tmp_path / "clean"})
-    asyncio.run(create_topics(clean))
-    asyncio.run(produce_all(clean, records))
-    worker = WorkerProcess.start(clean, tmp_path / "clean.log", catalogue)
-    try:
-        wait_drained(clean, [worker], len(records))
-        counts = worker.metrics()
-    finally:
-        assert worker.stop() == 0
-    accounted = sum(counts.get(n, 0) for n in ("omni_events_processed_total", "omni_duplicates_total", "omni_deadletter_total"))  # fmt: skip
-    assert accounted == len(records), counts
+    clean = clean_run(settings, records, tmp_path, catalogue)  # every input accounted for, once
 
     disturbed = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "crash."})
     asyncio.run(create_topics(disturbed))

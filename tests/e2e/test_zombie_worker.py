@@ -28,14 +28,13 @@ import pytest
 from rocksdict import Options, Rdict
 
 from pipeline.actions.catalogue import Catalogue
-from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
+from pipeline.bench.workers import WorkerProcess, wait_ready
 from pipeline.identity.export import changelog_state
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population
-from pipeline.simulate.produce import produce_all
 from pipeline.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY
 from pipeline.chaos.invariants import (
-    comparable, differences, live_profiles, produce_steadily, sent_actions, topics_with, wait_drained,
+    clean_run, comparable, differences, live_profiles, produce_steadily, sent_actions, topics_with, wait_drained,
 )  # fmt: skip
 from tests.helpers import catalogue_with_delay, create_topics
 
@@ -52,15 +51,7 @@ def test_a_worker_woken_after_losing_its_partitions_sends_and_writes_nothing_for
     population = Population(Catalogue.load(catalogue), customers=300, seed=11, bad_rate=0.0)
     records = list(itertools.islice(population.records(time.time()), RECORDS))
 
-    clean = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "clean.", "state_dir": tmp_path / "clean"})
-    asyncio.run(create_topics(clean))
-    asyncio.run(produce_all(clean, records))
-    worker = WorkerProcess.start(clean, tmp_path / "clean.log", catalogue)
-    try:
-        wait_drained(clean, [worker], len(records))
-    finally:
-        assert worker.stop() == 0
-    want = comparable(live_profiles(clean))
+    want = comparable(live_profiles(clean_run(settings, records, tmp_path, catalogue)))
 
     disturbed = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "zombie."})
     asyncio.run(create_topics(disturbed))
