@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from pipeline.identity.rules import DEFAULT_LIMITS, IdentityRules
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -230,16 +229,6 @@ class Settings(BaseModel):
                 values[name] = env[key]
         values.update(overrides)
         return cls(**values)
-
-    def identity_rules(self) -> IdentityRules:
-        unknown = set(self.identifier_limits) - set(DEFAULT_LIMITS)
-        if unknown:
-            raise ValueError(f"OMNI_IDENTIFIER_LIMITS names unknown identifier types: {sorted(unknown)}")
-        return IdentityRules(
-            limits={**DEFAULT_LIMITS, **self.identifier_limits},
-            max_identifiers=self.max_identifiers_per_profile,
-            max_merges=self.max_merges_per_profile,
-        )
 
     def topic(self, name: str) -> str:
         """The physical name of a logical topic."""

@@ -17,14 +17,14 @@ import orjson
 import yaml
 from aiokafka import TopicPartition
 
-from pipeline import kafka
 from pipeline.actions.catalogue import Catalogue, with_delay
 from pipeline.actions.rules import write_variant
-from pipeline.engine.loop import Engine
 from pipeline.engine.omnichannel import omnichannel_engine
-from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
 from pipeline.ops.topics import apply_topics, load_topics
+from pipeline.runtime import kafka
+from pipeline.runtime.engine import Engine
+from pipeline.runtime.kafka import Record
 from pipeline.settings import Settings
 
 

@@ -18,10 +18,10 @@ import asyncio
 import orjson
 from aiokafka import TopicPartition
 
-from pipeline import kafka
 from pipeline.ingest.contract import CUSTOMER_CHANNELS
-from pipeline.kafka import Record
 from pipeline.ops.topics import load_topics
+from pipeline.runtime import kafka
+from pipeline.runtime.kafka import Record
 from pipeline.settings import Settings
 
 READY = "ready"

@@ -31,14 +31,14 @@ from aiokafka import TopicPartition
 
 from pipeline.actions.catalogue import Catalogue, with_delay
 from pipeline.bench.run import Figures, _bench_rules, _simulator_records
-from pipeline.engine.job import Outbox
 from pipeline.engine.omnichannel import OmnichannelJob
-from pipeline.partitioner import partition_for
 from pipeline.ops.topics import ACTION_TOPIC_PREFIX, REPARTITION, load_topics
+from pipeline.runtime.job import Outbox
+from pipeline.runtime.partitioner import partition_for
+from pipeline.runtime.state.memory import MemoryStore
+from pipeline.runtime.state.partition import PartitionState
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population, Produced
-from pipeline.state.memory import MemoryStore
-from pipeline.state.partition import PartitionState
 
 Poll = dict[TopicPartition, list["_Record"]]
 

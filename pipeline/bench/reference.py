@@ -14,11 +14,11 @@ from typing import Any
 
 import orjson
 
-from pipeline.engine.job import Job, Outbox
-from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
-from pipeline.partitioner import partition_for
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.job import Job, Outbox
+from pipeline.runtime.kafka import Record
+from pipeline.runtime.partitioner import partition_for
+from pipeline.runtime.state.partition import PartitionState
 
 PARTITIONS = 4
 CUSTOMERS = 5000

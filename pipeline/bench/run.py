@@ -43,20 +43,21 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 
-from pipeline import hot_path_compiled, kafka
+from pipeline import hot_path_compiled
 from pipeline.actions.catalogue import Catalogue, with_delay
 from pipeline.actions.rules import write_variant
 from pipeline.bench.forward import READY
 from pipeline.bench.reference import PARTITIONS, TOPIC_CONFIG, ReferenceJob, reference_records
 from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
-from pipeline.engine.loop import Engine
 from pipeline.ingest.contract import CUSTOMER_CHANNELS
-from pipeline.kafka import Record
 from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.metrics import Metrics
 from pipeline.ops.process import die_with_parent
 from pipeline.ops.topics import REPARTITION, apply_topics, load_topics
-from pipeline.partitioner import partition_for
+from pipeline.runtime import kafka
+from pipeline.runtime.engine import Engine
+from pipeline.runtime.kafka import Record
+from pipeline.runtime.partitioner import partition_for
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population, Produced
 

@@ -65,10 +65,10 @@ from pipeline.ops.broker import EmbeddedBroker, free_port
 from pipeline.ops.topics import CHANGELOG
 from pipeline.privacy.requests import request_erasure
 from pipeline.runtime.faults import TORN_EXIT
+from pipeline.runtime.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY
 from pipeline.settings import PACKAGE_DATA, Settings
 from pipeline.simulate.population import Population, Produced
 from pipeline.simulate.produce import produce_all
-from pipeline.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY
 
 log = logging.getLogger(__name__)
 

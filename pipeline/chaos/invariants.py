@@ -18,13 +18,13 @@ import orjson
 import yaml
 from aiokafka import TopicPartition
 
-from pipeline import kafka
 from pipeline.bench.workers import WorkerProcess, wait_until
 from pipeline.identity.export import changelog_state
 from pipeline.identity.protocol import is_tombstone
 from pipeline.ingest.contract import IDENTIFIER_TYPES, INPUT_TOPICS
 from pipeline.ops.topics import ACTION_TOPIC_PREFIX, apply_topics, load_topics
 from pipeline.profiles.profile import DIGEST_CHARS
+from pipeline.runtime import kafka
 from pipeline.settings import PROJECT_ROOT, Settings
 from pipeline.simulate.population import Produced
 from pipeline.simulate.produce import produce_all, send_produced

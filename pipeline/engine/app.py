@@ -23,10 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.lookup import HOPS_HEADER, MAX_HOPS, ProfileLookup
-from pipeline.engine.loop import Engine
 from pipeline.engine.omnichannel import omnichannel_engine
 from pipeline.engine.rulestats import RuleStats
 from pipeline.ops.metrics import Metrics
+from pipeline.runtime.engine import Engine
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

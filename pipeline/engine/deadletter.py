@@ -7,7 +7,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from pipeline.ingest.validate import Rejection
-from pipeline.kafka import Headers
+from pipeline.runtime.kafka import Headers
 
 DEADLETTER = "deadletter"
 MAX_VALUE = 900_000  # below the broker's default message.max.bytes, with room for headers

@@ -18,11 +18,11 @@ from typing import Any
 
 import aiohttp
 
-from pipeline.engine.loop import Engine
 from pipeline.identity.protocol import owner_entry
 from pipeline.ingest.contract import IDENTIFIER_TYPES
 from pipeline.ingest.normalise import parse_identifier
-from pipeline.partitioner import partition_for
+from pipeline.runtime.engine import Engine
+from pipeline.runtime.partitioner import partition_for
 
 MAX_HOPS = 3
 HOPS_HEADER = "X-Omni-Hops"

@@ -28,22 +28,22 @@ from aiokafka import TopicPartition
 
 from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.deadletter import DEADLETTER, bug, dead_letter
-from pipeline.engine.job import Job, Outbox
-from pipeline.engine.loop import Engine
 from pipeline.engine.processor import Processor, Tallies
 from pipeline.identity.protocol import IdentityTally, Message
 from pipeline.ingest.contract import INPUT_TOPICS, PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import Rejection
-from pipeline.partitioner import partition_for
-from pipeline.ops.metrics import Metrics
 from pipeline.measure import ledger
+from pipeline.ops.metrics import Metrics
 from pipeline.profiles.census import live_profiles
+from pipeline.runtime.engine import Engine
+from pipeline.runtime.job import Job, Outbox
+from pipeline.runtime.partitioner import partition_for
 from pipeline.ops.topics import (
     ACTION_TOPIC_PREFIX, CHANGELOG, MERGES, OUTCOMES, PRIVACY_AUDIT, PRIVACY_REQUESTS, REPARTITION, TopicSpec, load_topics,
 )  # fmt: skip
+from pipeline.runtime.state.fence import ACTION_ID_HEADER, PARTITION_HEADER
+from pipeline.runtime.state.partition import PartitionState
 from pipeline.settings import Settings
-from pipeline.state.fence import ACTION_ID_HEADER, PARTITION_HEADER
-from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
 OVERDUE_S = 5.0  # a timer this far past due has waited on a busy or stuck loop, not on its schedule
@@ -238,7 +238,7 @@ class OmnichannelJob(Job):
         partition = str(state.partition).encode()
         sends, merges = self._produced, self._merges
         for topic, action in self.processor.fire_due(state, now, sends, merges):
-            # The headers let a recovery find what was sent for this partition (pipeline.state.fence),
+            # The headers let a recovery find what was sent for this partition (pipeline.runtime.state.fence),
             # and let senders drop a duplicate without parsing the value.
             headers = ((ACTION_ID_HEADER, action.action_id.encode()), (PARTITION_HEADER, partition))
             out.add(self.settings.topic(topic), action.customer.encode(), action.to_json(), headers)

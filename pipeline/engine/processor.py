@@ -25,14 +25,15 @@ from pipeline.actions.policy import Deferred, HeldOut, Policy, Suppressed
 from pipeline.actions.rules import RulesFile
 from pipeline.identity.protocol import LOCK_TIMER, IdentityProtocol, Message, Outbox, is_tombstone
 from pipeline.identity.resolve import routing_key
+from pipeline.identity.rules import identity_rules
 from pipeline.ingest.validate import CleanEvent, Rejection, Validator
 from pipeline.measure import ledger
 from pipeline.measure.touches import attribute, record_outcome
 from pipeline.ops.topics import HOLDOUTS, OUTCOMES, PRIVACY_REQUESTS
 from pipeline.profiles.product import ONLINE, PRODUCT_OPS, product_step
 from pipeline.profiles.profile import ProfileLimits, apply_event, seen_before
+from pipeline.runtime.state.partition import PartitionState
 from pipeline.settings import Settings
-from pipeline.state.partition import PartitionState
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Processor:
         self.rules = RulesFile(settings.rules_file)
         self._use_rules()
         self.identity = IdentityProtocol(
-            settings.identity_rules(), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt,
+            identity_rules(settings), self.limits, self._apply_to_profile, self._notice, settings.erasure_salt,
             lock_timeout=settings.merge_lock_timeout_s, queue_limit=settings.merge_queue_limit,
             tombstone_keep=settings.tombstone_state_keep_s,
         )
@@ -230,7 +231,7 @@ class Processor:
                 self._count_touch(state, action, "holdout" if held else "treated", "held" if held else "sent")
                 if state.fence.ids and state.fence.ids.pop(action.action_id, None) is not None:
                     # Sent before a crash, after the checkpoint this state came from
-                    # (pipeline.state.fence): recorded again, not sent again.
+                    # (pipeline.runtime.state.fence): recorded again, not sent again.
                     self.tally.fenced += 1
                 elif held:
                     self.tally.suppressed[(action.rule, "holdout")] += 1

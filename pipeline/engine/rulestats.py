@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 
-from pipeline.engine.loop import Engine
 from pipeline.measure import ledger
 from pipeline.measure.uplift import figures
+from pipeline.runtime.engine import Engine
 
 
 class RuleStats:

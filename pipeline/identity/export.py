@@ -12,14 +12,14 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
-from pipeline import kafka
 from pipeline.identity.protocol import ID_PREFIX
 from pipeline.identity.rules import split_id
 from pipeline.ingest.contract import IDENTIFIER_TYPES
 from pipeline.ops.topics import CHANGELOG, load_topics
+from pipeline.runtime import kafka
+from pipeline.runtime.state.changelog import restore
+from pipeline.runtime.state.memory import MemoryStore
 from pipeline.settings import Settings
-from pipeline.state.changelog import restore
-from pipeline.state.memory import MemoryStore
 
 
 async def changelog_state(settings: Settings) -> list[MemoryStore]:

@@ -58,12 +58,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.identity.rules import IdentityRules, order_key, split_id
+from pipeline.privacy.erasure import audit_record, erased_at, mark_erased
 from pipeline.profiles import census
 from pipeline.profiles.merge import merge_profiles, unmerge_profiles
-from pipeline.privacy.erasure import audit_record, erased_at, mark_erased
 from pipeline.profiles.profile import ProfileLimits, new_profile
-from pipeline.state.base import EXPIRY_PREFIX, IDENTIFIER_PREFIX
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.base import EXPIRY_PREFIX, IDENTIFIER_PREFIX
+from pipeline.runtime.state.partition import PartitionState
 
 ID_PREFIX = IDENTIFIER_PREFIX
 IDENTIFIER_OPS = frozenset({"ev", "claim", "repoint", "release", "erase", "forget"})

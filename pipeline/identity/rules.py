@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from pipeline.ingest.contract import IDENTIFIER_TYPES
+from pipeline.settings import Settings
 
 # Strongest first. A profile's id is its founding identifier ("customer_id:C1"), and
 # of two profiles that merge the one whose id ranks first survives.
@@ -73,3 +74,15 @@ class IdentityRules:
         if total > self.max_identifiers:
             return "identifier_cap"
         return None
+
+
+def identity_rules(settings: Settings) -> IdentityRules:
+    """The rules the settings ask for: the default limits, with the types ``OMNI_IDENTIFIER_LIMITS`` names changed."""
+    unknown = set(settings.identifier_limits) - set(DEFAULT_LIMITS)
+    if unknown:
+        raise ValueError(f"OMNI_IDENTIFIER_LIMITS names unknown identifier types: {sorted(unknown)}")
+    return IdentityRules(
+        limits={**DEFAULT_LIMITS, **settings.identifier_limits},
+        max_identifiers=settings.max_identifiers_per_profile,
+        max_merges=settings.max_merges_per_profile,
+    )

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import orjson
 
-from pipeline import kafka
 from pipeline.identity.rules import split_id
 from pipeline.ingest.normalise import parse_identifier
-from pipeline.kafka import Record
 from pipeline.ops.topics import REPARTITION, load_topics
-from pipeline.partitioner import partition_for
+from pipeline.runtime import kafka
+from pipeline.runtime.kafka import Record
+from pipeline.runtime.partitioner import partition_for
 from pipeline.settings import Settings
 
 

@@ -29,15 +29,15 @@ import orjson
 import yaml
 from aiokafka import TopicPartition
 
-from pipeline import kafka
 from pipeline.actions.catalogue import with_delay
 from pipeline.actions.rules import write_variant
 from pipeline.bench.workers import WorkerProcess, wait_ready
-from pipeline.kafka import Record
 from pipeline.measure.report import fetch
 from pipeline.ops.broker import EmbeddedBroker
 from pipeline.ops.topics import HOLDOUTS, OUTCOMES, apply_topics, load_topics
-from pipeline.partitioner import partition_for
+from pipeline.runtime import kafka
+from pipeline.runtime.kafka import Record
+from pipeline.runtime.partitioner import partition_for
 from pipeline.settings import PACKAGE_DATA, Settings
 
 # The true effect of each play on the chance to buy within the window, and the chance without it.

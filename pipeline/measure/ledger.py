@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.partition import PartitionState
 
 LEDGER_KEY = b"r|ledger"
 Ledger = dict[str, dict[str, dict[str, float]]]  # rule -> section (treated, holdout, suppressed) -> name -> count

@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import kafka
+from pipeline.runtime import kafka
 from pipeline.settings import Settings
 
 TOPIC_ALREADY_EXISTS = 36

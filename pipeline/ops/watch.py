@@ -21,9 +21,9 @@ import orjson
 from aiokafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import kafka
 from pipeline.actions.model import ACTION_CHANNELS
 from pipeline.ops.topics import MERGES, load_topics
+from pipeline.runtime import kafka
 from pipeline.settings import Settings
 
 COLOURS = {"email": "36", "sms": "35", "push": "33", "web": "34", "callcenter": "32", "store": "31"}

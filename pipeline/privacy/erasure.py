@@ -15,8 +15,8 @@ import hmac
 from functools import lru_cache
 from typing import Any
 
-from pipeline.state.base import ERASURE_PREFIX
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.base import ERASURE_PREFIX
+from pipeline.runtime.state.partition import PartitionState
 
 MARKER_PREFIX = ERASURE_PREFIX
 

@@ -18,8 +18,8 @@ from pipeline.identity.export import changelog_state
 from pipeline.identity.protocol import ID_PREFIX, id_key, is_tombstone
 from pipeline.identity.rules import split_id
 from pipeline.ingest.normalise import parse_identifier
+from pipeline.runtime.state.memory import MemoryStore
 from pipeline.settings import Settings
-from pipeline.state.memory import MemoryStore
 
 PRODUCT_PREFIX = b"sku:"
 

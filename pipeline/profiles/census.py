@@ -7,7 +7,7 @@ it costs nothing; counting the keys of a RocksDB holding a million profiles woul
 
 from __future__ import annotations
 
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.partition import PartitionState
 
 CENSUS_KEY = b"r|profiles"
 

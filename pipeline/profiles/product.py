@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.partition import PartitionState
 
 ONLINE = "online"
 PRODUCT_OPS = frozenset({"product", "interest", "unwait"})

@@ -13,7 +13,7 @@ member's last heartbeat, and that heartbeat was *sent* before its answer came ba
 from a successful heartbeat sent at ``t``, the worker is still a member until
 ``t + session_timeout``; it acts only before ``t + session_timeout - margin``. Past
 that it has to assume it was expelled, give up what it has not checkpointed, and let
-the group assign it partitions again (see ``pipeline.engine.loop``).
+the group assign it partitions again (see ``pipeline.runtime.engine``).
 
 What this cannot close: records handed to the producer just before the stop are still
 written after it (aiokafka's sender task runs on wake-up before anything can check).

@@ -37,14 +37,14 @@ import yaml
 from aiokafka import TopicPartition
 from pydantic import ValidationError
 
-from pipeline import kafka
 from pipeline.actions.model import Action
 from pipeline.actions.rules import language
 from pipeline.engine.deadletter import DEADLETTER, dead_letter
 from pipeline.ingest.validate import Rejection
-from pipeline.kafka import Record
 from pipeline.ops.topics import OUTCOMES, load_topics
-from pipeline.partitioner import partition_for
+from pipeline.runtime import kafka
+from pipeline.runtime.kafka import Record
+from pipeline.runtime.partitioner import partition_for
 from pipeline.senders.delivered import DeliveredIds
 from pipeline.settings import PACKAGE_DATA, Settings
 

@@ -10,10 +10,10 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 
-from pipeline import kafka
-from pipeline.kafka import Record
 from pipeline.ops.topics import TopicSpec, load_topics
-from pipeline.partitioner import partition_for
+from pipeline.runtime import kafka
+from pipeline.runtime.kafka import Record
+from pipeline.runtime.partitioner import partition_for
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population, Produced
 

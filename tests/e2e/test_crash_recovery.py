@@ -9,7 +9,7 @@ never disturbed, once through three workers that are. Afterwards:
   applied twice counts twice);
 * no ``action_id`` is on the action topics twice, nor one play for one trigger and person
   under two ids, although the killed worker's last actions were decided again by the replay
-  (the output fence, ``pipeline.state.fence``, found them).
+  (the output fence, ``pipeline.runtime.state.fence``, found them).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import yaml
 
-from pipeline.engine.loop import Engine
+from pipeline.runtime.engine import Engine
 from pipeline.settings import Settings
 from tests.helpers import create_topics, event, produce, read_actions, running_engine, sample, wait_for, write_rules
 

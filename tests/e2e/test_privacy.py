@@ -13,8 +13,8 @@ import orjson
 from pipeline.bench.workers import WorkerProcess, wait_until
 from pipeline.privacy.export import export_person
 from pipeline.privacy.requests import request_erasure
+from pipeline.runtime.state.rocksdb import RocksDBStore
 from pipeline.settings import Settings
-from pipeline.state.rocksdb import RocksDBStore
 from tests.e2e.test_profile_lookup import get, get_when_found
 from tests.helpers import create_topics, event, produce, read_json, read_topic
 from tests.unit.test_erasure import ANNA_SEEN, anna_events, bob_events

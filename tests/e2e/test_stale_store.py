@@ -8,7 +8,7 @@ latest value of every key and no tombstones. When the first worker comes back ov
 its old directory, catching up from its store's offset would never see the deletion
 and would serve the erased customer again. A store last caught up longer ago than
 ``OMNI_STATE_MAX_STALE_S`` is rebuilt from the changelog instead
-(``pipeline.state.changelog``).
+(``pipeline.runtime.state.changelog``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.admin import NewTopic
 
-from pipeline import kafka
 from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
 from pipeline.ops.topics import CHANGELOG, load_topics
 from pipeline.privacy.requests import request_erasure
+from pipeline.runtime import kafka
 from pipeline.settings import Settings
 from tests.e2e.test_profile_lookup import get, get_when_found
 from tests.helpers import create_topics, event, produce

@@ -23,8 +23,8 @@ import pytest
 
 from pipeline.bench.workers import WorkerProcess, wait_ready, wait_until
 from pipeline.identity.export import graph_entries
-from pipeline.partitioner import partition_for
 from pipeline.runtime.faults import TORN_EXIT
+from pipeline.runtime.partitioner import partition_for
 from pipeline.settings import Settings
 from tests.helpers import create_topics, event, produce, read_actions
 

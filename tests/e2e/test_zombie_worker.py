@@ -30,9 +30,9 @@ from rocksdict import Options, Rdict
 from pipeline.actions.catalogue import Catalogue
 from pipeline.bench.workers import WorkerProcess, wait_ready
 from pipeline.identity.export import changelog_state
+from pipeline.runtime.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY
 from pipeline.settings import Settings
 from pipeline.simulate.population import Population
-from pipeline.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY
 from pipeline.chaos.invariants import (
     clean_run, comparable, differences, live_profiles, produce_steadily, sent_actions, topics_with, wait_drained,
 )  # fmt: skip

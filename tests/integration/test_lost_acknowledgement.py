@@ -3,7 +3,7 @@
 The fault proxy (``pipeline.chaos.proxy``) sits between the producer and the broker,
 lets every produce request through and throws away some of the broker's answers,
 closing the connection as a lost link would. The producer, seeing no answer, sends
-the batch again. Our producers are idempotent (``pipeline.kafka.producer``): the broker
+the batch again. Our producers are idempotent (``pipeline.runtime.kafka.producer``): the broker
 recognises the retry by producer id and sequence number and writes it once. The same
 run with idempotence off shows the fault is real: the retries land twice.
 """
@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import TopicPartition
 
-from pipeline import kafka
 from pipeline.chaos.proxy import PRODUCE, FaultProxy
 from pipeline.ops.broker import EmbeddedBroker, free_port
+from pipeline.runtime import kafka
 from pipeline.settings import Settings
 
 BATCHES = 120

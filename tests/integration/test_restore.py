@@ -1,15 +1,15 @@
-"""Restore from the changelog rebuilds a local store that cannot be caught up (``pipeline.state.changelog``)."""
+"""Restore from the changelog rebuilds a local store that cannot be caught up (``pipeline.runtime.state.changelog``)."""
 
 from __future__ import annotations
 
 import time
 
 
-from pipeline import kafka
 from pipeline.ops.topics import CHANGELOG
+from pipeline.runtime import kafka
+from pipeline.runtime.state.changelog import restore
+from pipeline.runtime.state.memory import MemoryStore
 from pipeline.settings import Settings
-from pipeline.state.changelog import restore
-from pipeline.state.memory import MemoryStore
 from tests.helpers import create_topics
 
 

@@ -15,9 +15,9 @@ from pipeline.actions.model import Action
 from pipeline.engine.processor import Processor
 from pipeline.ingest.contract import PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import Rejection
+from pipeline.runtime.state.memory import MemoryStore
+from pipeline.runtime.state.partition import PartitionState
 from pipeline.settings import PACKAGE_DATA, Settings
-from pipeline.state.memory import MemoryStore
-from pipeline.state.partition import PartitionState
 from tests.helpers import event, purchase, write_rules
 
 T0 = float(int(time.time()) - 3600)  # events an hour old, whole seconds; "now" is whatever the test says

@@ -8,9 +8,9 @@ from typing import Any
 from pipeline.identity.protocol import is_tombstone
 from pipeline.profiles.merge import merge_profiles
 from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile
-from pipeline.state.base import EXPIRY_PREFIX
-from pipeline.state.memory import MemoryStore
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.base import EXPIRY_PREFIX
+from pipeline.runtime.state.memory import MemoryStore
+from pipeline.runtime.state.partition import PartitionState
 from tests.helpers import clean, event
 from tests.unit.test_identity_protocol import SOURCE, Cluster, checkpoint, held_by
 

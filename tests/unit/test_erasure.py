@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.identity.protocol import is_tombstone
 from pipeline.privacy.erasure import MARKER_PREFIX, subject_hash
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.partition import PartitionState
 from tests.helpers import event
 from tests.unit.test_identity_protocol import SOURCE, Cluster, held_by
 

@@ -9,10 +9,10 @@ from aiokafka import TopicPartition
 
 from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.processor import Processor
+from pipeline.runtime.state.fence import FENCE_KEY, Fence
+from pipeline.runtime.state.memory import MemoryStore
+from pipeline.runtime.state.partition import PartitionState
 from pipeline.settings import PACKAGE_DATA, Settings
-from pipeline.state.fence import FENCE_KEY, Fence
-from pipeline.state.memory import MemoryStore
-from pipeline.state.partition import PartitionState
 from tests.helpers import clean, purchase, write_rules
 
 EMAIL_0, EMAIL_1 = TopicPartition("actions.email", 0), TopicPartition("actions.email", 1)

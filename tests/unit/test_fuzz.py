@@ -21,9 +21,9 @@ from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.processor import Processor
 from pipeline.ingest.contract import INPUT_TOPICS, PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import Rejection
+from pipeline.runtime.state.memory import MemoryStore
+from pipeline.runtime.state.partition import PartitionState
 from pipeline.settings import PACKAGE_DATA, Settings
-from pipeline.state.memory import MemoryStore
-from pipeline.state.partition import PartitionState
 from tests.helpers import iso, write_rules
 
 NOW = time.time()

@@ -1,13 +1,13 @@
 import pytest
 
-from pipeline.identity.resolve import profile_key, routing_key
 from pipeline.identity.evaluate import score
-from pipeline.identity.rules import IdentityRules, order_key
+from pipeline.identity.resolve import profile_key, routing_key
+from pipeline.identity.rules import IdentityRules, identity_rules, order_key
 from pipeline.ops.watch import format_merge
-from pipeline.simulate.identities import World
 from pipeline.profiles.merge import merge_profiles
 from pipeline.profiles.profile import ProfileLimits, new_profile
 from pipeline.settings import Settings
+from pipeline.simulate.identities import World
 
 
 def test_strongest_identifier_wins() -> None:
@@ -36,10 +36,10 @@ def test_limits_name_the_strongest_type_that_breaks() -> None:
 
 
 def test_identifier_limits_come_from_the_environment() -> None:
-    rules = Settings.from_env({"OMNI_IDENTIFIER_LIMITS": "email=2, device_id=4"}).identity_rules()
+    rules = identity_rules(Settings.from_env({"OMNI_IDENTIFIER_LIMITS": "email=2, device_id=4"}))
     assert rules.limits["email"] == 2 and rules.limits["device_id"] == 4 and rules.limits["customer_id"] == 1
     with pytest.raises(ValueError, match="unknown identifier types"):
-        Settings.from_env({"OMNI_IDENTIFIER_LIMITS": "fax=1"}).identity_rules()
+        identity_rules(Settings.from_env({"OMNI_IDENTIFIER_LIMITS": "fax=1"}))
 
 
 def test_merging_profiles_sums_counters_and_counts_a_shared_order_once() -> None:

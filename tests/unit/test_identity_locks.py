@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from pipeline.identity.protocol import LOCK_TIMER, is_tombstone
-from pipeline.state.base import TIMER_PREFIX
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.base import TIMER_PREFIX
+from pipeline.runtime.state.partition import PartitionState
 from tests.helpers import event
 from tests.unit.test_erasure import held
 from tests.unit.test_identity_protocol import SOURCE, Cluster, checkpoint, people_events

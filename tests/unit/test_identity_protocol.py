@@ -25,15 +25,15 @@ from pipeline.engine.omnichannel import LOCAL_OPS
 from pipeline.engine.processor import Processor
 from pipeline.identity.protocol import ID_PREFIX, is_tombstone
 from pipeline.identity.resolve import routing_key
-from pipeline.identity.rules import split_id
+from pipeline.identity.rules import identity_rules, split_id
 from pipeline.ingest.contract import PRODUCT_EVENT_TYPES
 from pipeline.ingest.validate import CleanEvent, Validator
-from pipeline.partitioner import partition_for
 from pipeline.profiles.census import live_profiles
+from pipeline.runtime.partitioner import partition_for
+from pipeline.runtime.state.base import DELETED, TIMER_PREFIX
+from pipeline.runtime.state.memory import MemoryStore
+from pipeline.runtime.state.partition import PartitionState
 from pipeline.settings import Settings
-from pipeline.state.base import DELETED, TIMER_PREFIX
-from pipeline.state.memory import MemoryStore
-from pipeline.state.partition import PartitionState
 from tests.helpers import event, write_rules
 
 SOURCE = -1  # messages injected from the input topics
@@ -146,7 +146,7 @@ class Cluster:
         for pid, p in live.items():
             assert p["lock"] is None and p["queue"] == [] and p["claims"] == [], f"{pid} is still busy: {p}"
             for kind, values in p["identifiers"].items():
-                assert len(values) <= self.settings.identity_rules().limits[kind], f"{pid} holds too many {kind}"
+                assert len(values) <= identity_rules(self.settings).limits[kind], f"{pid} holds too many {kind}"
                 for value in values:
                     assert entries.get(f"{kind}:{value}") == pid, f"{pid} holds {kind}:{value}, owned by another"
         return live

@@ -4,7 +4,7 @@ import random
 
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from pipeline.partitioner import murmur2, partition_for
+from pipeline.runtime.partitioner import murmur2, partition_for
 
 
 def test_murmur2_matches_aiokafka_for_every_length_and_tail() -> None:
@@ -23,7 +23,7 @@ def test_known_partitions_of_the_java_client() -> None:
 
 
 def test_security_settings_reach_every_client() -> None:
-    from pipeline import kafka
+    from pipeline.runtime import kafka
     from pipeline.settings import Settings
 
     assert kafka.security(Settings()) == {"security_protocol": "PLAINTEXT"}

@@ -9,9 +9,9 @@ import orjson
 from aiokafka import TopicPartition
 
 from pipeline.actions.catalogue import Catalogue
-from pipeline.engine.job import Outbox
 from pipeline.engine.omnichannel import OmnichannelJob
 from pipeline.ops.topics import load_topics
+from pipeline.runtime.job import Outbox
 from pipeline.settings import Settings
 from tests.helpers import event
 
@@ -34,8 +34,8 @@ def test_an_event_that_cannot_be_forwarded_is_dead_lettered_not_a_crash() -> Non
 
 
 def test_a_bug_on_an_events_first_hop_dead_letters_that_record_and_the_next_goes_on() -> None:
-    from pipeline.state.memory import MemoryStore
-    from pipeline.state.partition import PartitionState
+    from pipeline.runtime.state.memory import MemoryStore
+    from pipeline.runtime.state.partition import PartitionState
 
     settings = Settings(topic_prefix="u.")
     specs = load_topics(settings.topics_file)

@@ -18,8 +18,8 @@ from aiohttp.test_utils import TestServer
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from pipeline.engine.lookup import HOPS_HEADER, ProfileLookup
-from pipeline.engine.routing import RoutingAssignor, peer_address
 from pipeline.engine.rulestats import RuleStats
+from pipeline.runtime.routing import RoutingAssignor, peer_address
 from pipeline.settings import Settings
 from tests.helpers import issue_certificate
 

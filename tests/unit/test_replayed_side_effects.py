@@ -17,9 +17,9 @@ from typing import Any
 from pipeline.actions.catalogue import Catalogue
 from pipeline.engine.processor import Processor
 from pipeline.profiles.product import product_step
+from pipeline.runtime.state.memory import MemoryStore
+from pipeline.runtime.state.partition import PartitionState
 from pipeline.settings import Settings
-from pipeline.state.memory import MemoryStore
-from pipeline.state.partition import PartitionState
 from tests.helpers import clean, event, write_rules
 
 Sent = list[tuple[str, dict[str, Any]]]

@@ -4,13 +4,13 @@ import time
 from pathlib import Path
 
 
-from pipeline.engine.processor import Processor
-from pipeline.state.partition import PartitionState, timer_key
-from pipeline.settings import PACKAGE_DATA, Settings
-from pipeline.state.base import PartitionTransaction
-from pipeline.state.memory import MemoryStore
-from pipeline.state.rocksdb import RocksDBStore
 from pipeline.actions.catalogue import Catalogue
+from pipeline.engine.processor import Processor
+from pipeline.runtime.state.base import PartitionTransaction
+from pipeline.runtime.state.memory import MemoryStore
+from pipeline.runtime.state.partition import PartitionState, timer_key
+from pipeline.runtime.state.rocksdb import RocksDBStore
+from pipeline.settings import PACKAGE_DATA, Settings
 from tests.helpers import purchase
 from tests.helpers import clean, write_rules
 
@@ -146,7 +146,7 @@ def test_overdue_counts_only_timers_past_the_limit() -> None:
 def test_a_checkpoint_written_in_slices_moves_the_offset_only_with_its_last_slice(tmp_path: Path) -> None:
     import asyncio
 
-    from pipeline.engine.loop import WRITE_SLICE_BYTES, _write_in_slices
+    from pipeline.runtime.engine import WRITE_SLICE_BYTES, _write_in_slices
 
     store = RocksDBStore(tmp_path / "db")
     store.write([(b"a", b"old")], 7)
@@ -172,7 +172,7 @@ def test_rocksdb_writes_skip_the_wal_so_a_crash_loses_data_and_offset_together(t
     """The changelog is the store's log: a crash may lose the memtable, never the agreement of data and offset."""
     crash = f"""
 from pathlib import Path
-from pipeline.state.rocksdb import RocksDBStore
+from pipeline.runtime.state.rocksdb import RocksDBStore
 store = RocksDBStore(Path({str(tmp_path / "db")!r}))
 store.write([(b"c1", b"old")], 3)
 store.close()  # a clean close flushes

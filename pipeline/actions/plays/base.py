@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pipeline.actions.catalogue import Catalogue
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.state.partition import PartitionState
 
 Profile = dict[str, Any]
 Sends = list[tuple[str, dict[str, Any]]]  # (key of another actor, message), e.g. interest in a product

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline import kafka
-from pipeline.state.base import Store
+from pipeline.runtime import kafka
+from pipeline.runtime.state.base import Store
 
 FENCE_KEY = b"__output_fence__"
 ACTION_ID_HEADER = "action_id"

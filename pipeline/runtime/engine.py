@@ -19,8 +19,8 @@ Guarantees (at-least-once delivery, idempotent effects):
   keeps a window of event ids per profile).
 * Actions a crash makes the state forget are not sent again when the replay
   decides them again: each checkpoint stores where the outputs sent after it
-  start, and recovery collects what was sent there (``pipeline.state.fence``).
-* Timers live in state (see ``pipeline.state.partition``) and are durable from
+  start, and recovery collects what was sent there (``pipeline.runtime.state.fence``).
+* Timers live in state (see ``pipeline.runtime.state.partition``) and are durable from
   the first checkpoint after they were scheduled.
 """
 
@@ -41,19 +41,18 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from pipeline import kafka
-from pipeline.engine.job import Job, Outbox
-from pipeline.engine.routing import RoutingAssignor
-from pipeline.kafka import Record
 from pipeline.ops.metrics import Metrics
-from pipeline.runtime import faults
+from pipeline.runtime import faults, kafka
+from pipeline.runtime.job import Job, Outbox
+from pipeline.runtime.kafka import Record
 from pipeline.runtime.lease import Expelled, Lease
+from pipeline.runtime.routing import RoutingAssignor
+from pipeline.runtime.state.base import Store
+from pipeline.runtime.state.changelog import restore
+from pipeline.runtime.state.fence import FENCE_KEY, Fence, collect_sent
+from pipeline.runtime.state.partition import PartitionState
+from pipeline.runtime.state.rocksdb import RocksDBStore
 from pipeline.settings import Settings
-from pipeline.state.base import Store
-from pipeline.state.changelog import restore
-from pipeline.state.fence import FENCE_KEY, Fence, collect_sent
-from pipeline.state.partition import PartitionState
-from pipeline.state.rocksdb import RocksDBStore
 
 log = logging.getLogger(__name__)
 ENCODE_STEP = 64  # keys encoded between two looks at the clock
@@ -464,7 +463,7 @@ class Engine:
     def _clean_state_dirs(self) -> None:
         """Delete the RocksDB directories of partitions not owned for ``state_cleanup_delay_s``.
 
-        They would only grow staler (see ``pipeline.state.changelog``) and hold personal data
+        They would only grow staler (see ``pipeline.runtime.state.changelog``) and hold personal data
         an erasure has removed everywhere else; a partition that comes back is rebuilt.
         """
         cutoff = time.time() - self.settings.state_cleanup_delay_s

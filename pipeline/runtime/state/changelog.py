@@ -30,8 +30,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipeline import kafka
-from pipeline.state.base import Store
+from pipeline.runtime import kafka
+from pipeline.runtime.state.base import Store
 
 log = logging.getLogger(__name__)
 

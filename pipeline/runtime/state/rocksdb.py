@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from pipeline.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY, Store
+from pipeline.runtime.state.base import OFFSET_KEY, TOPIC_KEY, WRITTEN_AT_KEY, Store
 
 
 def _options(write_buffer_bytes: int) -> Options:

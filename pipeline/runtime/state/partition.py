@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from pipeline.state.base import ERASURE_PREFIX, TIMER_PREFIX, PartitionTransaction, Store
-from pipeline.state.fence import Fence
+from pipeline.runtime.state.base import ERASURE_PREFIX, TIMER_PREFIX, PartitionTransaction, Store
+from pipeline.runtime.state.fence import Fence
 
 
 def timer_key(due: float, key: str, timer_id: str) -> bytes:

@@ -15,10 +15,10 @@ from typing import Any
 from aiokafka import TopicPartition
 from mypy_extensions import mypyc_attr
 
-from pipeline.kafka import Headers, Record
-from pipeline.partitioner import partition_for
 from pipeline.ops.metrics import Metrics
-from pipeline.state.partition import PartitionState
+from pipeline.runtime.kafka import Headers, Record
+from pipeline.runtime.partitioner import partition_for
+from pipeline.runtime.state.partition import PartitionState
 
 
 class Outbox:
@@ -56,7 +56,7 @@ class Job(ABC):
     source_topics: dict[str, str]
     #: partitions of every topic the job produces to
     partition_counts: dict[str, int]
-    #: topics whose records must not be sent twice for one decision (pipeline.state.fence); may be empty
+    #: topics whose records must not be sent twice for one decision (pipeline.runtime.state.fence); may be empty
     fenced_topics: frozenset[str]
 
     def on_source(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from pipeline.state.base import Store
+from pipeline.runtime.state.base import Store
 
 
 class MemoryStore(Store):
