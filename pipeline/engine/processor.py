@@ -229,7 +229,7 @@ class Processor:
                 self.plays[action.rule].on_decided(profile, timer, action)
                 held = isinstance(outcome, HeldOut)
                 self._count_touch(state, action, "holdout" if held else "treated", "held" if held else "sent")
-                if state.fence.ids and state.fence.ids.pop(action.action_id, None) is not None:
+                if state.sent_before(action.action_id):
                     # Sent before a crash, after the checkpoint this state came from
                     # (pipeline.runtime.state.fence): recorded again, not sent again.
                     self.tally.fenced += 1

@@ -55,6 +55,15 @@ class PartitionState:
         state.erasures = next(iter(store.items(ERASURE_PREFIX)), None) is not None
         return state
 
+    def sent_before(self, output_id: str) -> bool:
+        """Whether an output decided now was already sent before a crash (``pipeline.runtime.state.fence``).
+
+        True once per id: the job records the decision and sends nothing. The job never sees
+        the fence's marks or offsets, only this answer.
+        """
+        ids = self.fence.ids
+        return bool(ids) and ids.pop(output_id, None) is not None
+
     def reload_timers(self) -> None:
         self.timers = []
         for _key, raw in self.store.items(TIMER_PREFIX):
