@@ -225,8 +225,12 @@ def _disturbed_run(
             timer.function(*timer.args)  # the pending recovery (SIGCONT, resume) now
         held.clear()
         _supervise(workers, start, held, report, c)
-        wait_ready(workers, c.partitions, timeout_s=120)
-        wait_drained(settings, workers, _inputs(records))
+        try:
+            wait_ready(workers, c.partitions, timeout_s=180)
+            wait_drained(settings, workers, _inputs(records))
+        except (TimeoutError, AssertionError) as exc:  # liveness: the group must settle and catch up once healed
+            report.violations.append(f"after healing: {exc}")
+            c.say(f"after healing: {exc}")
         time.sleep(3 * CLEANUP_DELAY_S)  # the directories of partitions that moved are gone
         owned = {n: _owned(w) for n, w in enumerate(workers)}
         api = [_api_status(w, f"customer_id={ERASED['customer_id']}") for w in workers]

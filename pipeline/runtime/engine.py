@@ -575,6 +575,19 @@ class _Rebalance(ConsumerRebalanceListener):
         if engine.stopping.is_set():
             return  # leaving the group (or failed): whoever owns these next restores them
         engine.lease.renew()  # the group answered: a member from now on
+        # aiokafka starts heartbeating only once this callback returns, and a restore can take longer
+        # than the session timeout (a store rebuilt from a long changelog): without heartbeats the
+        # coordinator would expel us and the lease would run out, and every worker restoring after a
+        # rebalance then gave up, rejoined and restored again (a 30-minute fault campaign never settled).
+        keepalive = asyncio.create_task(_heartbeat(engine.consumer, engine.settings.heartbeat_interval_ms / 1000))
+        try:
+            await self._assigned(assigned)
+        finally:
+            keepalive.cancel()
+        engine.ready.set()
+
+    async def _assigned(self, assigned: set[TopicPartition]) -> None:
+        engine = self.engine
         async with engine.lock:
             if engine.rejoining:
                 # What we sent before giving up may still be on its way (a slow or cut-off link):
@@ -595,4 +608,14 @@ class _Rebalance(ConsumerRebalanceListener):
                 tp.partition for tp in assigned if tp.topic == engine.job.state_topic and tp.partition not in engine.state
             )
             await engine._open_partitions(new)
-        engine.ready.set()
+
+
+async def _heartbeat(consumer: AIOKafkaConsumer, every_s: float) -> None:
+    """Heartbeat as aiokafka's own task would, while a rebalance callback keeps that task from running."""
+    coordinator = consumer._coordinator
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await coordinator._do_heartbeat()  # answered, it renews the lease (Lease.follow)
+        except Exception as exc:  # the next rebalance or the coordinator's own task deals with it
+            log.debug("heartbeat during a restore failed: %r", exc)
