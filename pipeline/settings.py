@@ -158,7 +158,7 @@ class Settings(BaseModel):
     # --- identity resolution ----------------------------------------------
     identifier_limits: Annotated[dict[str, int], BeforeValidator(_pairs)] = Field(
         default_factory=dict,
-        description="per-type caps on identifiers one profile holds, e.g. `email=5,device_id=20` (defaults in README)",
+        description="per-type caps on identifiers one profile holds, e.g. `email=5,device_id=20` (defaults in docs/configuration.md)",
     )
     identifier_blocklist: Annotated[frozenset[str], BeforeValidator(_items)] = Field(
         default_factory=frozenset,

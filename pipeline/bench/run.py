@@ -580,7 +580,7 @@ def _thirds(timed: Figures) -> str:
 
 
 def render(f: Figures) -> str:
-    """The figures as the Markdown table the README carries."""
+    """The figures as the Markdown table docs/benchmark.md carries."""
     quix = f["quix_reference"]
     quix_text = f"{quix['events_per_s']:,}" if "events_per_s" in quix else f"n/a ({next(iter(quix.values()))[:60]})"
     one = f["pipeline_1_worker"]

@@ -14,7 +14,7 @@ What a downstream sender owes, and how this one keeps it:
   server's accept and that write (microseconds), is covered downstream: the
   message carries the action id as its ``Message-ID``, which mail systems use to
   drop duplicates. The pipeline itself may emit an action twice after a crash
-  (see the README): the same id, so the same check catches it.
+  (see docs/operations.md): the same id, so the same check catches it.
 * **Bounces** (a 5xx answer to the recipient) are reported as ``bounced``, and the
   pipeline stops using that address; a server that cannot be reached is retried,
   then reported ``failed``.
