@@ -170,7 +170,7 @@ def _clean_run(c: Campaign, base: Settings, records: list[Produced]) -> dict[str
     worker = WorkerProcess.start(settings, c.workdir / "clean.log")
     try:
         started = time.monotonic()
-        wait_drained(settings, [worker], _inputs(records))
+        wait_drained(settings, [worker], len(records))
         asyncio.run(request_erasure(settings, f"customer_id:{ERASED['customer_id']}"))
         _wait_erased(worker)
         time.sleep(2 * settings.commit_interval_s)
@@ -227,7 +227,7 @@ def _disturbed_run(
         _supervise(workers, start, held, report, c)
         try:
             wait_ready(workers, c.partitions, timeout_s=180)
-            wait_drained(settings, workers, _inputs(records))
+            wait_drained(settings, workers, len(records))
         except (TimeoutError, AssertionError) as exc:  # liveness: the group must settle and catch up once healed
             report.violations.append(f"after healing: {exc}")
             c.say(f"after healing: {exc}")
@@ -415,10 +415,6 @@ def _rocksdb(path: Path) -> dict[bytes, bytes]:
 
 def _mentions(raw: bytes, needles: list[bytes]) -> bool:
     return any(needle in raw for needle in needles)
-
-
-def _inputs(records: list[Produced]) -> int:
-    return len(records)
 
 
 def _wait_erased(worker: WorkerProcess, timeout_s: float = 30.0) -> None:

@@ -46,9 +46,6 @@ class Lease:
     def valid(self, now: float | None = None) -> bool:
         return (now if now is not None else time.monotonic()) - self.renewed_at < self.length_s
 
-    def left_s(self) -> float:
-        return self.length_s - (time.monotonic() - self.renewed_at)
-
     def follow(self, coordinator: Any) -> None:
         """Renew on every heartbeat the coordinator answers (aiokafka's ``_do_heartbeat``).
 

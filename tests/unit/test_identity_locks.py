@@ -138,13 +138,19 @@ def _index(cluster: Cluster) -> list[tuple[float, str, str]]:
     return [t for state in cluster.states.values() for t in state.timers]
 
 
-def test_a_split_whose_answer_is_lost_opens_and_a_late_answer_still_finishes_it() -> None:
+def _split_with_its_answer_lost() -> Cluster:
+    """Two merged profiles, an operator's split of them, and the split's answer (``unmerged``) lost."""
     cluster = two_profiles(duplicate_rate=0.0)
     link(cluster, "nothing")
     cluster.lose = lambda target, msg: msg["op"] == "unmerged"
     cluster.send(SOURCE, SURVIVOR, {"op": "split", "identifier": "cookie_id:ck1", "by": "test"})
     cluster.settle()
     cluster.lose = lambda target, msg: False
+    return cluster
+
+
+def test_a_split_whose_answer_is_lost_opens_and_a_late_answer_still_finishes_it() -> None:
+    cluster = _split_with_its_answer_lost()
     ((target, late),) = cluster.lost
     assert (profile(cluster, SURVIVOR)["lock"]["profile"], profile(cluster, SURVIVOR)["lock"]["via"]) == (LOSER, "split")
 
@@ -161,12 +167,7 @@ def test_a_split_whose_answer_is_lost_opens_and_a_late_answer_still_finishes_it(
 
 
 def test_a_split_whose_answer_never_comes_is_asked_again_when_its_lock_opens() -> None:
-    cluster = two_profiles(duplicate_rate=0.0)
-    link(cluster, "nothing")
-    cluster.lose = lambda target, msg: msg["op"] == "unmerged"
-    cluster.send(SOURCE, SURVIVOR, {"op": "split", "identifier": "cookie_id:ck1", "by": "test"})
-    cluster.settle()
-    cluster.lose = lambda target, msg: False
+    cluster = _split_with_its_answer_lost()
     past_the_bound(cluster)  # the unmerge again: the loser, alive already, says what it took back
     live = cluster.check_consistent()
     assert set(live) == {SURVIVOR, LOSER} and live[SURVIVOR]["merged"] == []

@@ -65,19 +65,20 @@ async def restore(
         await consumer.seek_to_beginning(tp)  # not offset 0: retention may have removed the log's head
 
     applied = dict.fromkeys(stores, 0)
-    starts = {tp: stores[p].changelog_offset() + 1 for tp, p in tps.items()}
-    ends: dict[TopicPartition, int] = {}
-    async for tp, records in kafka.read_to_end(consumer, starts, start_over, poll_ms, ends):
-        stores[tps[tp]].write([(r.key, r.value) for r in records], records[-1].offset)
-        applied[tps[tp]] += len(records)
-    ahead = {tp: 0 for tp, end in ends.items() if stores[tps[tp]].changelog_offset() >= end}
-    if ahead:
-        for tp in ahead:
-            log.warning("changelog %s ends before what the local store applied; rebuilding it from the log", tp)
-            stores[tps[tp]].wipe()
-        async for tp, records in kafka.read_to_end(consumer, ahead, start_over, poll_ms):
+
+    async def replay(starts: dict[TopicPartition, int], ends: dict[TopicPartition, int] | None = None) -> None:
+        async for tp, records in kafka.read_to_end(consumer, starts, start_over, poll_ms, ends):
             stores[tps[tp]].write([(r.key, r.value) for r in records], records[-1].offset)
             applied[tps[tp]] += len(records)
+
+    ends: dict[TopicPartition, int] = {}
+    await replay({tp: stores[p].changelog_offset() + 1 for tp, p in tps.items()}, ends)
+    ahead = {tp: 0 for tp, end in ends.items() if stores[tps[tp]].changelog_offset() >= end}
+    for tp in ahead:
+        log.warning("changelog %s ends before what the local store applied; rebuilding it from the log", tp)
+        stores[tps[tp]].wipe()
+    if ahead:
+        await replay(ahead)
     for store in stores.values():
         if store.changelog_offset() >= 0:
             store.write([], store.changelog_offset())  # caught up now: its age counts from here
