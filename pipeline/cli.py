@@ -4,6 +4,7 @@
     omni broker                  the embedded Kafka-compatible broker, in the foreground
     omni topics apply            create the topics in topics.yaml; exit 1 on drift
     omni worker                  the stream worker
+    omni collect [--port P]      HTTP collector: Segment's tracking API in, events on the channel topics
     omni simulate                synthetic customers producing to the channel topics
     omni watch                   the live view of next-best-actions
     omni bench                   throughput, latency, memory and recovery, against raw aiokafka and Quix Streams
@@ -118,6 +119,25 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     print(f"metrics: {settings.web_url}/metrics", flush=True)
     print(f"hot path: {'compiled' if hot_path_compiled() else 'interpreted (run `make build` to compile it)'}", flush=True)
+    QuietWorker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from pipeline.collect.app import build_collector, create_app
+    from pipeline.collect.segment import MappingError
+    from pipeline.collect.sources import SourcesError
+    from pipeline.engine.app import QuietWorker
+
+    settings = _need_bootstrap(
+        _settings(collect_port=args.port, collect_host=args.host, collect_sources_file=args.sources, collect_mapping_file=args.mapping)
+    )
+    try:
+        collector = build_collector(settings)  # refused before anything starts, with the file and field named
+    except (SourcesError, MappingError) as exc:
+        sys.exit(f"bad collector configuration: {exc}")
+    app = create_app(settings, collector)
+    channels = sorted({s.channel for s in collector.sources.by_key.values()})
+    print(f"collecting: http://{settings.collect_host}:{settings.collect_port}/v1/ (sources for {', '.join(channels)})", flush=True)
     QuietWorker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
@@ -356,6 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int, default=None)
     p.add_argument("--loglevel", default="warning")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("collect", help="HTTP collector for Segment's tracking API (track, identify, page, ..., batch)")
+    p.add_argument("--port", type=int, default=None, help="default OMNI_COLLECT_PORT (8088)")
+    p.add_argument("--host", default=None, help="address to listen on (default OMNI_COLLECT_HOST, 127.0.0.1)")
+    p.add_argument("--sources", type=Path, default=None, help="YAML of sources: write keys and channels")
+    p.add_argument("--mapping", type=Path, default=None, help="YAML mapping Segment calls to our event types")
+    p.add_argument("--loglevel", default="warning")
+    p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("simulate", help="produce synthetic customer traffic")
     p.add_argument("--rate", type=float, default=200.0)

@@ -119,6 +119,10 @@ class Settings(BaseModel):
         None, description="testing only: tear the first checkpoint that changes this state partition and another "
         "(write its part alone, then exit)"
     )
+    fault_collect_kill_after: int | None = Field(
+        None, description="testing only: the collector SIGKILLs itself once the broker has acknowledged its Nth request, "
+        "before answering it"
+    )
     rocksdb_write_buffer_mb: int = Field(8, description="RocksDB memtable size per state partition")
     # Below the changelog's delete.retention.ms (topics.yaml: 24 h): a store last caught up longer ago may
     # have missed a tombstone that compaction has removed since, and would bring a deleted key back.
@@ -211,6 +215,26 @@ class Settings(BaseModel):
     sender_state_dir: Path = Field(Path(".sender"), description="where the sender remembers the actions it delivered")
     sender_keep_s: float = Field(
         7 * 86_400.0, gt=0, description="how long the sender remembers an action it delivered; older actions are not sent"
+    )
+
+    # --- the HTTP collector (omni collect) -----------------------------------
+    collect_host: str = Field("127.0.0.1", description="where `omni collect` listens")
+    collect_port: int = Field(8088, description="the collector's port: Segment's tracking API, /metrics and /health")
+    collect_sources_file: Path = Field(
+        PACKAGE_DATA / "sources.yaml", description="the sources calls are accepted from: write keys, and the channel of each"
+    )
+    collect_mapping_file: Path = Field(
+        PACKAGE_DATA / "segment.yaml", description="how Segment's calls and track events map to our event types"
+    )
+    # Segment's documented limits; its SDKs keep under them.
+    collect_max_call_bytes: int = Field(32_768, ge=1, description="largest call, alone or in a batch (413 above)")
+    collect_max_batch_bytes: int = Field(512_000, ge=1, description="largest batch request (413 above)")
+    # Below the SDKs' own request timeouts (Python 15 s, Node 10 s), so they get the 503 and retry.
+    collect_ack_timeout_s: float = Field(
+        5.0, gt=0, description="longest a call waits for the broker's acknowledgement before the answer is 503"
+    )
+    collect_cors_origins: Annotated[frozenset[str], BeforeValidator(_items)] = Field(
+        frozenset({"*"}), description="origins whose pages may send calls from the browser (analytics.js), comma-separated"
     )
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pipeline
 
 RUNTIME = Path(pipeline.__file__).parent / "runtime"
-DOMAIN = ("identity", "profiles", "actions", "measure", "ingest", "privacy", "engine", "senders")
+DOMAIN = ("identity", "profiles", "actions", "measure", "ingest", "privacy", "engine", "senders", "collect")
 TOOLS = ("simulate", "bench", "chaos", "cli")
 # What the runtime may still reach besides itself: the settings object, and the worker's metrics
 # (pipeline.ops.metrics: Prometheus series, some named for the domain; to be split).

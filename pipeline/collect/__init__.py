@@ -1,0 +1,1 @@
+"""The HTTP collector (`omni collect`): Segment's tracking API in, events of our contract out."""
