@@ -177,7 +177,7 @@ def _clean_run(c: Campaign, base: Settings, records: list[Produced]) -> dict[str
         c.say(f"clean run: one worker, {time.monotonic() - started:.0f} s")
     finally:
         worker.stop()
-    return {"profiles": comparable(live_profiles(settings)), "dead_letters": dead_lettered(settings)}
+    return {"profiles": comparable(live_profiles(settings), settings), "dead_letters": dead_lettered(settings)}
 
 
 def _disturbed_run(
@@ -230,7 +230,11 @@ def _disturbed_run(
             wait_drained(settings, workers, len(records))
         except (TimeoutError, AssertionError) as exc:  # liveness: the group must settle and catch up once healed
             report.violations.append(f"after healing: {exc}")
-            c.say(f"after healing: {exc}")
+            c.say(f"after healing: {exc}; each worker's asyncio tasks are in its log (SIGUSR1)")
+            for w in workers:
+                if w.alive():
+                    w.proc.send_signal(signal.SIGUSR1)  # pipeline.ops.tasks: where each task waits
+            time.sleep(2)
         time.sleep(3 * CLEANUP_DELAY_S)  # the directories of partitions that moved are gone
         owned = {n: _owned(w) for n, w in enumerate(workers)}
         api = [_api_status(w, f"customer_id={ERASED['customer_id']}") for w in workers]
@@ -346,7 +350,7 @@ def _check(
     v.extend(f"{rule}/{action} for {who} on {trigger} sent {n} times" for (rule, action, who, trigger), n in causes.items() if n > 1)
 
     report.checked.append("every profile equals the clean run's")
-    v.extend(f"profile {d}" for d in differences(comparable(live), clean["profiles"]))
+    v.extend(f"profile {d}" for d in differences(comparable(live, settings), clean["profiles"]))
 
     report.checked.append("the erasure holds: no profile, RocksDB value, latest changelog value or API answer")
     needles = [value.encode() for value in ERASED.values()]

@@ -26,6 +26,7 @@ from pipeline.engine.lookup import HOPS_HEADER, MAX_HOPS, ProfileLookup
 from pipeline.engine.omnichannel import omnichannel_engine
 from pipeline.engine.rulestats import RuleStats
 from pipeline.ops.metrics import Metrics
+from pipeline.ops.tasks import install_task_dump
 from pipeline.runtime.engine import Engine
 from pipeline.settings import Settings
 
@@ -56,6 +57,7 @@ class EngineService(Service):
         self._loop_done = asyncio.Event()
 
     async def on_start(self) -> None:
+        install_task_dump(asyncio.get_running_loop())  # kill -USR1: where is each task waiting?
         await self.engine.start()
 
     @Service.task

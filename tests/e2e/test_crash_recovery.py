@@ -80,7 +80,7 @@ def test_kill_restart_and_graceful_stop_lose_nothing_and_send_nothing_twice(sett
             assert w.stop() in (0, -signal.SIGKILL), w.log.read_text()[-3000:]
 
     disturbed_live = live_profiles(disturbed)
-    clean_profiles, crash_profiles = comparable(live_profiles(clean)), comparable(disturbed_live)
+    clean_profiles, crash_profiles = comparable(live_profiles(clean), clean), comparable(disturbed_live, disturbed)
     assert len(clean_profiles) > 300
     differing = differences(crash_profiles, clean_profiles)
     assert differing == [], "\n".join(differing[:20])

@@ -51,7 +51,7 @@ def test_a_worker_woken_after_losing_its_partitions_sends_and_writes_nothing_for
     population = Population(Catalogue.load(catalogue), customers=300, seed=11, bad_rate=0.0)
     records = list(itertools.islice(population.records(time.time()), RECORDS))
 
-    want = comparable(live_profiles(clean_run(settings, records, tmp_path, catalogue)))
+    want = comparable(live_profiles(clean_run(settings, records, tmp_path, catalogue)), settings)
 
     disturbed = settings.model_copy(update={"topic_prefix": settings.topic_prefix + "zombie."})
     asyncio.run(create_topics(disturbed))
@@ -84,7 +84,7 @@ def test_a_worker_woken_after_losing_its_partitions_sends_and_writes_nothing_for
     ids = Counter(a["action_id"] for a in actions)
     assert len(ids) > 100
     assert {a: n for a, n in ids.items() if n > 1} == {}, "an action was sent by both workers"
-    got = comparable(live_profiles(disturbed))
+    got = comparable(live_profiles(disturbed), disturbed)
     person = {f"{kind}:{v}": pid for pid, p in got.items() for kind, vs in p["identifiers"].items() for v in vs}
     causes = Counter((a["rule"], person.get(a["customer"], a["customer"]), tuple(a["trigger_event_ids"])) for a in actions)
     assert [c for c, n in causes.items() if n > 1] == []
