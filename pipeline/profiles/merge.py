@@ -69,8 +69,7 @@ def merge_profiles(
     actions = {**merged["actions"], **survivor["actions"]}
     survivor["actions"] = dict(sorted(actions.items(), key=lambda kv: kv[1])[-limits.actions_kept :])
 
-    seen = merged.get("seen_events", "") + survivor.get("seen_events", "")
-    survivor["seen_events"] = seen[-limits.dedup_window * DIGEST_CHARS :]
+    survivor["seen_events"] = _merge_seen(survivor.get("seen_events", ""), merged.get("seen_events", ""), limits)
     _merge_play_state(survivor, merged, newer, older, counted_twice)
     over = trim_stores(survivor["stores"], limits.stores_kept)
     if over and dropped is not None:
@@ -119,6 +118,23 @@ def _merge_play_state(
                     told[k] = max(v, told.get(k, v))
             else:
                 mine[key] = max(value, mine.get(key, value))
+
+
+def _merge_seen(mine: str, theirs: str, limits: ProfileLimits) -> str:
+    """Both windows of event digests, whole (up to twice the window): the survivor's, then the merged profile's.
+
+    Keeping only the last ``dedup_window`` digests of the two dropped every digest of the
+    merged profile whenever the survivor's window was full (any customer with 256 events),
+    and an event of the merged profile delivered again after the merge (a crash replaying
+    it) was applied a second time: a 30-minute fault campaign counted events, purchases
+    and loyalty rewards twice. Past the window, ``seen_before`` drops one digest for each
+    new one, so a merged window shrinks back only as new events push the oldest out.
+    """
+    known = {mine[i : i + DIGEST_CHARS] for i in range(0, len(mine), DIGEST_CHARS)}
+    new = "".join(
+        digest for i in range(0, len(theirs), DIGEST_CHARS) if (digest := theirs[i : i + DIGEST_CHARS]) not in known
+    )
+    return (mine + new)[-2 * limits.dedup_window * DIGEST_CHARS :]
 
 
 def _merge_purchases(survivor: dict[str, Any], merged: dict[str, Any], limits: ProfileLimits) -> None:

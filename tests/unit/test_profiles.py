@@ -1,3 +1,4 @@
+from pipeline.profiles.merge import merge_profiles
 from pipeline.profiles.product import apply_inventory, new_product
 from pipeline.profiles.profile import ProfileLimits, apply_event, new_profile, seen_before
 from tests.helpers import clean
@@ -41,6 +42,24 @@ def test_a_profile_from_before_the_digest_window_still_deduplicates() -> None:
     assert not seen_before(p, "a", limits)
     assert seen_before(p, "a", limits)
     assert "recent_events" not in p
+
+
+def test_a_merge_into_a_busy_customer_keeps_the_merged_profiles_event_ids() -> None:
+    # The survivor's window is full (a customer with as many events as the window holds); the
+    # merged cookie profile's events must still be recognised when they are delivered again.
+    limits = ProfileLimits(dedup_window=4)
+    survivor, cookie = new_profile("customer_id:C1"), new_profile("cookie_id:k1")
+    survivor["last_seen"], cookie["last_seen"] = 10.0, 20.0
+    for e in ("s1", "s2", "s3", "s4"):
+        seen_before(survivor, e, limits)
+    for e in ("k1", "k2", "s4"):  # s4: one event both sides saw (a re-merge)
+        seen_before(cookie, e, limits)
+    merge_profiles(survivor, cookie, limits)
+    assert all(seen_before(survivor, e, limits) for e in ("k1", "k2", "s1", "s2", "s3", "s4"))
+    for e in ("n1", "n2", "n3", "n4"):  # new events push the oldest out, one for one
+        assert not seen_before(survivor, e, limits)
+    assert not seen_before(survivor, "s1", limits)
+    assert seen_before(survivor, "k2", limits)
 
 
 def test_late_or_repeated_stock_level_does_not_overwrite_newer_one() -> None:
