@@ -146,7 +146,7 @@ def test_overdue_counts_only_timers_past_the_limit() -> None:
 def test_a_checkpoint_written_in_slices_moves_the_offset_only_with_its_last_slice(tmp_path: Path) -> None:
     import asyncio
 
-    from pipeline.runtime.engine import WRITE_SLICE_BYTES, _write_in_slices
+    from pipeline.runtime.checkpoint import WRITE_SLICE_BYTES, _write_in_slices
 
     store = RocksDBStore(tmp_path / "db")
     store.write([(b"a", b"old")], 7)

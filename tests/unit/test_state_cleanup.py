@@ -22,5 +22,5 @@ def test_unowned_state_directories_go_after_the_delay_and_owned_ones_stay(tmp_pa
     for p in (0, 1):
         os.utime(settings.state_dir / f"state-{p}", (long_ago, long_ago))
     engine.state[0] = None  # type: ignore[assignment]  # owned: never deleted, however old
-    engine._clean_state_dirs()
+    engine.partitions.clean_state_dirs()
     assert sorted(d.name for d in settings.state_dir.iterdir()) == ["state-0", "state-2", "state-3"]
