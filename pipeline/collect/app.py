@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.types.web import ResourceOptions
 from mode import Service
 from prometheus_client import generate_latest
@@ -35,15 +36,17 @@ class ProducerService(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.collector = collector
-        self.producer = kafka.producer(settings)
+        self.producer: AIOKafkaProducer | None = None
 
     async def on_start(self) -> None:
+        self.producer = kafka.producer(self.settings)  # on the running loop
         await self.producer.start()
         self.collector.sink = KafkaSink(self.settings, self.producer, load_topics(self.settings.topics_file))
 
     async def on_stop(self) -> None:
         self.collector.sink = None  # calls arriving now get 503 and are sent again
-        await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
 
 def build_collector(settings: Settings) -> Collector:
@@ -54,6 +57,7 @@ def build_collector(settings: Settings) -> Collector:
 
 
 def create_app(settings: Settings, collector: Collector) -> faust.App:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)  # Faust makes its (unused) data directory in it
     app = faust.App(
         f"{settings.topic_prefix}{settings.app_id}-collect",
         broker=f"kafka://{settings.bootstrap}",
@@ -76,7 +80,7 @@ def create_app(settings: Settings, collector: Collector) -> faust.App:
     @app.page("/v1/{call}", cors_options=cors)
     class Calls(faust.web.View):
         async def post(self, request: faust.web.Request, call: str) -> faust.web.Response:
-            return await collector.handle(request, call)  # type: ignore[arg-type]
+            return await collector.handle(request, call)  # type: ignore[arg-type,return-value]  # aiohttp's, under Faust's names
 
     @app.page("/metrics")
     async def metrics_page(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:

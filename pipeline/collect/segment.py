@@ -177,7 +177,7 @@ class Translator:
                 props[ours] = props.pop(theirs)
         convert = CONVERTERS.get(rule.type)
         if convert is not None:
-            props = convert(label, props, self.mapping, _local(message, context))
+            props = convert(label, props, self.mapping, _local(call, message, context))
             if isinstance(props, Refused):
                 return props
 
@@ -243,7 +243,7 @@ class Translator:
         rule = self.mapping.calls.get(call)  # type: ignore[call-overload]
         if rule is None:
             return Refused(UNMAPPED, "", f"{call} calls map to no event type (calls.{call} in {self.mapping.path or 'the mapping file'})")
-        if call == "identify" and rule.type == "login" and any(_local(message, context).values()):
+        if call == "identify" and rule.type == "login" and any(_local(call, message, context).values()):
             rule = TrackRule(type="signup", properties=rule.properties)  # our profiles take locale and time zone from signups
         return rule, call
 
@@ -303,10 +303,16 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _local(message: dict[str, Any], context: dict[str, Any]) -> dict[str, str | None]:
-    """The customer's locale and time zone, from the traits or the context (analytics.js sends both)."""
-    traits = {**(context.get("traits") or {} if isinstance(context.get("traits"), dict) else {}),
-              **(message.get("traits") or {} if isinstance(message.get("traits"), dict) else {})}  # fmt: skip
+def _local(call: str, message: dict[str, Any], context: dict[str, Any]) -> dict[str, str | None]:
+    """The customer's locale and time zone, from the traits or the context (analytics.js sends both).
+
+    ``context.traits`` are the user's on every call; the top-level ``traits`` only on identify (on a
+    group call they are the group's).
+    """
+    traits: dict[str, Any] = {}
+    for found in (context.get("traits"), message.get("traits") if call == "identify" else None):
+        if isinstance(found, dict):
+            traits.update(found)
 
     def first(*values: Any) -> str | None:
         return next((v for v in values if isinstance(v, str) and v.strip()), None)
