@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 # The hot path mypyc compiles (setup.py's HOT_MODULES), built in place beside its sources.
 HOT_SOURCES := $(shell $(PYTHON) setup.py hot-modules)
 COMPILED := $(VENV)/.compiled
+# The JavaScript SDKs the collector's tests drive (tests/e2e/test_collect_js.py), from tests/js's lock file.
+JS_STAMP := tests/js/node_modules/.installed
 
 .PHONY: run test bench chaos identity-eval measure-eval soak install build schemas clean
 
@@ -20,6 +22,11 @@ $(COMPILED): $(STAMP) $(HOT_SOURCES)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(COMPILED)
 
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: the collector's JavaScript SDK tests need Node.js 20 and npm (.ci/run installs them)" >&2; exit 1; }
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
 install: $(STAMP)
 
 ## Compile the hot path with mypyc (again, after its sources change); OMNI_INTERPRETED=1 runs the sources instead.
@@ -30,7 +37,7 @@ run: $(COMPILED)
 	$(BIN)/omni run
 
 ## The whole test suite: unit, integration (real broker) and end-to-end.
-test: $(COMPILED)
+test: $(COMPILED) $(JS_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 tests
 
 ## Throughput, latency, memory and recovery, against raw aiokafka and Quix Streams; writes bench/results.json.
@@ -59,5 +66,5 @@ schemas: $(COMPILED)
 	$(BIN)/omni schemas
 
 clean:
-	rm -rf $(VENV) .run .state *.egg-info build
+	rm -rf $(VENV) .run .state *.egg-info build tests/js/node_modules
 	find pipeline -name '*.so' -delete

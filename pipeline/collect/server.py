@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -42,6 +43,16 @@ log = logging.getLogger(__name__)
 DEADLETTER = "deadletter"
 MAX_KEPT = 900_000  # as pipeline.engine.deadletter.MAX_VALUE: what a dead letter keeps of a body
 MAX_ERRORS = 50  # errors listed in one answer (a batch can have hundreds)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    close: bool = False  # the connection too: after a body aiohttp could not read, nothing else on it can be
+
+
+UNAVAILABLE = Answer(503, {"success": False, "code": "unavailable", "message": "the broker did not acknowledge in time; send the calls again"})
 
 
 class CollectMetrics:
@@ -74,19 +85,18 @@ class Collector:
         started = time.monotonic()
         call = PATHS.get(path)
         if call is None:
-            status, body = 404, _error("not_found", f"no endpoint /v1/{path[:40]}; the calls are {', '.join((*CALLS, 'batch'))}")
-            close = False
+            answer = Answer(404, _error("not_found", f"no endpoint /v1/{path[:40]}; the calls are {', '.join((*CALLS, 'batch'))}"))
         else:
-            status, body, close = await self._answer(request, call)
+            answer = await self._answer(request, call)
         label = call or "unknown"
-        self.metrics.requests.labels(label, str(status)).inc()
+        self.metrics.requests.labels(label, str(answer.status)).inc()
         self.metrics.seconds.labels(label).observe(time.monotonic() - started)
-        response = web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
-        if close:
+        response = web.json_response(answer.body, status=answer.status, dumps=lambda o: orjson.dumps(o).decode())
+        if answer.close:
             response.force_close()
         return response
 
-    async def _answer(self, request: web.Request, call: str) -> tuple[int, dict[str, Any], bool]:
+    async def _answer(self, request: web.Request, call: str) -> Answer:
         s = self.settings
         path = f"/v1/{call}"
         limit = s.collect_max_batch_bytes if call == "batch" else s.collect_max_call_bytes
@@ -94,28 +104,29 @@ class Collector:
         try:
             raw, complete = await _read(request, max(limit, MAX_KEPT))
         except Exception as exc:  # a body that is not what its Content-Encoding says (aiohttp undoes gzip and deflate)
-            return (*await self._refuse_whole(b"", None, path, "malformed_body", f"the body could not be read: {exc}".strip(), 400), True)
+            unread = await self._refuse_whole(b"", None, path, "malformed_body", f"the body could not be read: {exc}".strip(), 400)
+            return Answer(unread.status, unread.body, close=True)
         source: Source | None = None
         header = request.headers.get("Authorization")
         if header is not None:
             source = self.sources.lookup(basic_auth_user(header))
         if len(raw) > limit or not complete:
             what = f"{len(raw)}{'' if complete else '+'} bytes"
-            return (*await self._refuse_whole(raw, source, path, "oversized", f"{what} > {limit}, the limit of a {'batch' if call == 'batch' else 'call'}", 413, complete), False)
+            return await self._refuse_whole(raw, source, path, "oversized", f"{what} > {limit}, the limit of a {'batch' if call == 'batch' else 'call'}", 413, complete)
         if header is not None and source is None:
-            return (*await self._refuse_whole(raw, None, path, "unauthorized", "the write key (Basic auth user name) belongs to no source", 401), False)
+            return await self._refuse_whole(raw, None, path, "unauthorized", "the write key (Basic auth user name) belongs to no source", 401)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return (*await self._refuse_whole(raw, source, path, "malformed_json", str(exc), 400), False)
+            return await self._refuse_whole(raw, source, path, "malformed_json", str(exc), 400)
         if not isinstance(body, dict):
-            return (*await self._refuse_whole(raw, source, path, "not_an_object", f"the body is a JSON {type(body).__name__}, not an object", 400), False)
+            return await self._refuse_whole(raw, source, path, "not_an_object", f"the body is a JSON {type(body).__name__}, not an object", 400)
         if source is None:
             key = body.get("writeKey")
             source = self.sources.lookup(key if isinstance(key, str) else None)
             if source is None:
                 why = "no write key (Basic auth user name, or writeKey in the body)" if not key else "the writeKey belongs to no source"
-                return (*await self._refuse_whole(raw, None, path, "unauthorized", why, 401), False)
+                return await self._refuse_whole(raw, None, path, "unauthorized", why, 401)
 
         outs: list[Out] = []
         refused: list[Refused] = []
@@ -135,9 +146,8 @@ class Collector:
                 refused.append(result)
             else:
                 unmapped += 1
-        status = await self._send(outs)
-        if status != 200:
-            return status, _error("unavailable", "the broker did not acknowledge in time; send the calls again"), False
+        if not await self._send(outs):
+            return UNAVAILABLE
         self.metrics.events.labels(source.channel).inc(accepted)
         self._fault()
         if refused:
@@ -147,8 +157,8 @@ class Collector:
                 field=first.field, accepted=accepted, unmapped=unmapped,
                 errors=[{"field": r.field, "reason": r.reason, "message": r.detail} for r in refused[:MAX_ERRORS]],
             )  # fmt: skip
-            return 400, answer, False
-        return 200, {"success": True, "accepted": accepted, "unmapped": unmapped}, False
+            return Answer(400, answer)
+        return Answer(200, {"success": True, "accepted": accepted, "unmapped": unmapped})
 
     def _batch(self, body: dict[str, Any], source: Source, received_at: float) -> list[tuple[Mapped | Refused, bytes, str]]:
         """Each message of a batch, translated; the batch's ``context`` is under each message's own."""
@@ -200,25 +210,25 @@ class Collector:
 
     async def _refuse_whole(
         self, raw: bytes, source: Source | None, path: str, reason: str, detail: str, status: int, complete: bool = True
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> Answer:
         """The whole request refused: its body dead-lettered, then the answer (503 if the broker does not take it)."""
-        sent = await self._send([self._letter(raw, source, path, reason, detail, complete)])
-        if sent != 200:
-            return sent, _error("unavailable", "the broker did not acknowledge in time; send the calls again")
-        return status, _error(reason, detail)
+        if not await self._send([self._letter(raw, source, path, reason, detail, complete)]):
+            return UNAVAILABLE
+        return Answer(status, _error(reason, detail))
 
-    async def _send(self, outs: list[Out]) -> int:
+    async def _send(self, outs: list[Out]) -> bool:
+        """Whether the broker acknowledged every record in time."""
         if not outs:
-            return 200
+            return True
         if self.sink is None:
-            return 503
+            return False
         try:
             await asyncio.wait_for(self.sink.send(outs), timeout=self.settings.collect_ack_timeout_s)
         except (asyncio.TimeoutError, KafkaError) as exc:
             log.warning("produce not acknowledged within %ss: %r", self.settings.collect_ack_timeout_s, exc)
-            return 503
+            return False
         self.acknowledged += 1
-        return 200
+        return True
 
     def _fault(self) -> None:
         """Testing only: die as a SIGKILL would, after the broker acknowledged, before answering."""
