@@ -80,10 +80,7 @@ class Engine:
     async def start(self) -> None:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
-        self.producer = kafka.producer(s)
-        # A producer of its own for the changelog: a producer sends one request per broker at
-        # a time, and a checkpoint's megabytes of profiles would hold up every action behind them.
-        self.changelog_producer = kafka.producer(s)
+        self._new_producers()
         self.restorer = kafka.consumer(s, auto_offset_reset="none")
         self.consumer = kafka.consumer(
             s,
@@ -96,9 +93,7 @@ class Engine:
         )
         # The checkpointer and the partitions use the same clients; set before the group can call the listener.
         self.checkpointer.consumer = self.consumer
-        self.checkpointer.changelog_producer = self.changelog_producer
         self.partitions.restorer = self.restorer
-        self.partitions.changelog_producer = self.changelog_producer
         await self.producer.start()
         await self.changelog_producer.start()
         await self.restorer.start()
@@ -114,6 +109,31 @@ class Engine:
         # thresholds would rescan the live profiles in the transaction thousands of times
         # a second. Collect young objects far less often.
         gc.set_threshold(50_000, 20, 100)
+
+    def _new_producers(self) -> None:
+        self.producer = kafka.producer(self.settings)
+        # A producer of its own for the changelog: a producer sends one request per broker at
+        # a time, and a checkpoint's megabytes of profiles would hold up every action behind them.
+        self.changelog_producer = kafka.producer(self.settings)
+        for producer in (self.producer, self.changelog_producer):
+            self.lease.guard(producer)  # past the lease, nothing they hold goes out (pipeline.runtime.lease)
+        self.checkpointer.changelog_producer = self.changelog_producer
+        self.partitions.changelog_producer = self.changelog_producer
+
+    async def renew_producers(self) -> None:
+        """After the lease ran out, before owning partitions again: send from new producers.
+
+        The old ones may have held records past the lease; their guard failed those for good.
+        What they had written to the wire before is waited for (stopping flushes): the fence
+        must find those actions in their topics, and the restore those changelog writes, or
+        they would be decided, or restored, without them.
+        """
+        old = (self.producer, self.changelog_producer)
+        self._new_producers()
+        await self.producer.start()
+        await self.changelog_producer.start()
+        for producer in old:
+            await producer.stop()
 
     async def stop(self) -> None:
         self.stopping.set()

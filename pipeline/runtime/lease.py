@@ -15,11 +15,15 @@ from a successful heartbeat sent at ``t``, the worker is still a member until
 that it has to assume it was expelled, give up what it has not checkpointed, and let
 the group assign it partitions again (see ``pipeline.runtime.engine``).
 
-What this cannot close: records handed to the producer just before the stop are still
-written after it (aiokafka's sender task runs on wake-up before anything can check).
-Kafka's transactional producer would fence those at the broker; here they are at most
-the records of the producer's linger (a few milliseconds of output), and every sender
-drops an ``action_id`` it has delivered.
+Records handed to the producer before the stop would still go out after it: aiokafka's
+sender task runs on wake-up before anything else can check, and a batch whose answer
+was lost is retried from the producer's queue long after it was handed over. So each
+producer is guarded (:meth:`Lease.guard`): past the lease, it sends nothing more from
+its queue and fails what it holds, and the engine replaces it before it owns
+partitions again. What this cannot close: a request already written to the socket
+before the stop. Kafka's transactional producer would fence that at the broker; here
+it reaches the broker during the stop, before another member can be given the
+partition (the session timeout has to pass first).
 """
 
 from __future__ import annotations
@@ -45,6 +49,32 @@ class Lease:
 
     def valid(self, now: float | None = None) -> bool:
         return (now if now is not None else time.monotonic()) - self.renewed_at < self.length_s
+
+    def guard(self, producer: Any) -> None:
+        """Past the lease, ``producer`` sends nothing more: what it holds fails with :class:`Expelled`, for good.
+
+        aiokafka's sender takes the batches to send from its accumulator (``drain_by_nodes``);
+        the guard fails them there instead, without taking them (which would give them
+        sequence numbers the broker then waits for). For good: a producer that held
+        records past the lease must not send them once the lease is renewed (the
+        partitions may have moved and come back meanwhile), so the engine replaces it.
+        """
+        accumulator = producer._message_accumulator
+        drain = accumulator.drain_by_nodes
+        expired = False
+
+        def drain_within_lease(ignore_nodes: Any, muted_partitions: Any = frozenset()) -> Any:
+            nonlocal expired
+            # Only while it holds records: an idle producer before the first assignment (a join
+            # can take half a session timeout on Tansu) has nothing to keep from the broker.
+            expired = expired or (bool(accumulator._batches) and not self.valid())
+            if expired:
+                for tp in list(accumulator._batches):
+                    for batch in accumulator._batches.pop(tp):
+                        batch.failure(Expelled("the lease ran out before this batch was sent"))
+            return drain(ignore_nodes, muted_partitions)
+
+        accumulator.drain_by_nodes = drain_within_lease
 
     def follow(self, coordinator: Any) -> None:
         """Renew on every heartbeat the coordinator answers (aiokafka's ``_do_heartbeat``).

@@ -74,11 +74,9 @@ class Rebalance(ConsumerRebalanceListener):
         engine = self.engine
         async with engine.lock:
             if engine.rejoining:
-                # What we sent before giving up may still be on its way (a slow or cut-off link):
-                # the fence must find those actions in their topics, and the restore our last
-                # changelog writes, or they would be decided, or restored, without them.
-                await engine.producer.flush()
-                await engine.changelog_producer.flush()
+                # What we sent before giving up may still be on its way (a slow or cut-off link),
+                # and what the producers held past the lease must never go (Engine.renew_producers).
+                await engine.renew_producers()
                 # Input read past the last commit was dropped with the state it changed: read it
                 # again. (aiokafka keeps the position of a partition that stays assigned.)
                 for tp in assigned:
