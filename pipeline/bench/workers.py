@@ -15,7 +15,7 @@ import urllib.request
 import orjson
 
 from pipeline.ops.broker import free_port
-from pipeline.ops.process import die_with_parent
+from pipeline.ops.process import die_with_parent, stop_process
 from pipeline.ops.watch import scrape
 from pipeline.settings import Settings
 
@@ -93,13 +93,7 @@ class WorkerProcess:
         return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.alive():
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, sig, timeout)
 
 
 def wait_until(predicate, timeout_s: float, what: str, poll_s: float = 0.1) -> None:  # type: ignore[no-untyped-def]

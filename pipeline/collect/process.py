@@ -14,7 +14,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.ops.broker import free_port
-from pipeline.ops.process import die_with_parent
+from pipeline.ops.process import die_with_parent, stop_process
 from pipeline.ops.watch import scrape
 from pipeline.settings import Settings
 
@@ -94,10 +94,4 @@ class CollectorProcess:
         return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.alive():
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, sig, timeout)
