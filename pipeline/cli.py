@@ -10,6 +10,7 @@
     omni bench                   throughput, latency, memory and recovery, against raw aiokafka and Quix Streams
     omni rules check [FILE]      validate a rules catalogue and list its rules
     omni send email              the reference sender: actions.email over SMTP, outcomes reported back
+    omni send webhook            POST actions to HTTP destinations (signed, retried), outcomes reported back
     omni report [--url U]        what each play earns: the table, and report.html with charts
     omni measure evaluate        the report checked against a simulated world with known effects
     omni soak [--rate R]         a worker under steady load; memory and lag sampled every 10 s
@@ -142,6 +143,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 
 def cmd_send(args: argparse.Namespace) -> None:
+    if args.channel == "webhook":
+        return cmd_send_webhook(args)
     from pipeline.senders.email import EmailSender
 
     settings = _need_bootstrap(_settings(smtp_host=args.smtp_host, smtp_port=args.smtp_port, mail_from=args.mail_from,
@@ -155,6 +158,33 @@ def cmd_send(args: argparse.Namespace) -> None:
         await sender.run()
 
     print(f"sending {settings.topic('actions.email')} through {settings.smtp_host}:{settings.smtp_port}", flush=True)
+    asyncio.run(main())
+    print(f"stopped; this run: {sender.counts}")
+
+
+def cmd_send_webhook(args: argparse.Namespace) -> None:
+    from prometheus_client import start_http_server
+
+    from pipeline.senders.webhook import ConfigError, WebhookSender, load_config, topics_of
+
+    settings = _need_bootstrap(_settings(webhook_destinations_file=args.config, webhook_state_dir=args.state_dir,
+                                         webhook_metrics_port=args.metrics_port))  # fmt: skip
+    try:
+        config = load_config(settings.webhook_destinations_file)
+    except ConfigError as exc:
+        sys.exit(f"bad webhook configuration: {exc}")
+    sender = WebhookSender(settings, config, settings.webhook_state_dir)
+    if settings.webhook_metrics_port:
+        start_http_server(settings.webhook_metrics_port, registry=sender.metrics.registry)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, sender.stopping.set)
+        await sender.run()
+
+    names = ", ".join(d.name for d in config.destinations)
+    print(f"sending {', '.join(settings.topic(t) for t in topics_of(config))} to {names}", flush=True)
     asyncio.run(main())
     print(f"stopped; this run: {sender.counts}")
 
@@ -430,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("send", help="a reference sender: deliver an action topic and report outcomes")
-    p.add_argument("channel", choices=["email"])
+    p.add_argument("channel", choices=["email", "webhook"])
+    p.add_argument("--config", type=Path, default=None, help="webhook: the destinations file (docs/webhooks.md)")
+    p.add_argument("--metrics-port", type=int, default=None, help="webhook: serve /metrics on this port")
     p.add_argument("--smtp-host", default=None)
     p.add_argument("--smtp-port", type=int, default=None)
     p.add_argument("--mail-from", default=None)

@@ -217,6 +217,13 @@ class Settings(BaseModel):
         7 * 86_400.0, gt=0, description="how long the sender remembers an action it delivered; older actions are not sent"
     )
 
+    # --- the webhook sender (omni send webhook) ------------------------------
+    webhook_destinations_file: Path = Field(
+        Path("webhooks.yaml"), description="the webhook sender's destinations: URL, topics, rules, secret, limits"
+    )
+    webhook_state_dir: Path = Field(Path(".sender-webhook"), description="where the webhook sender remembers delivered actions")
+    webhook_metrics_port: int = Field(0, ge=0, description="the webhook sender's /metrics port; 0: not served")
+
     # --- the HTTP collector (omni collect) -----------------------------------
     collect_host: str = Field("127.0.0.1", description="where `omni collect` listens")
     collect_port: int = Field(8088, description="the collector's port: Segment's tracking API, /metrics and /health")

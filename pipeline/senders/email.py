@@ -32,20 +32,19 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
 from aiokafka import TopicPartition
 from pydantic import ValidationError
 
 from pipeline.actions.model import Action
 from pipeline.actions.rules import language
-from pipeline.engine.deadletter import DEADLETTER, dead_letter
+from pipeline.engine.deadletter import dead_letter
 from pipeline.ingest.validate import Rejection
-from pipeline.ops.topics import OUTCOMES, load_topics
+from pipeline.ops.topics import load_topics
 from pipeline.runtime import kafka
 from pipeline.runtime.kafka import Record
-from pipeline.runtime.partitioner import partition_for
 from pipeline.senders.delivered import DeliveredIds
+from pipeline.senders.outbox import outcome_record, report
 from pipeline.settings import PACKAGE_DATA, Settings
 
 log = logging.getLogger(__name__)
@@ -98,24 +97,12 @@ class EmailSender:
                 self.done.rotate(time.time())
                 if not batches:
                     continue
-                outcomes: list[Record] = []
+                outcomes: list[tuple[str, Record]] = []
                 letters: list[tuple[int, Record]] = []
                 for tp, records in batches.items():
                     for rec in records:
                         await self._one(tp, rec, outcomes, letters)
-                sent = []
-                by_partition: dict[int, list[Record]] = {}
-                for rec in outcomes:  # keyed by customer, like everything that reaches a profile
-                    assert rec.key is not None  # _one always keys an outcome
-                    by_partition.setdefault(partition_for(rec.key, partitions[OUTCOMES].partitions), []).append(rec)
-                for partition, recs in by_partition.items():
-                    sent += await kafka.send_records(producer, s.topic(OUTCOMES), partition, recs)
-                for partition, letter in letters:
-                    sent += await kafka.send_records(producer, s.topic(DEADLETTER), partition % partitions[DEADLETTER].partitions, [letter])
-                if sent:
-                    await kafka.last_offset(sent)
-                for rec in outcomes:  # acknowledged: a replay need not report them again
-                    self.done[orjson.loads(rec.value or b"{}")["action_id"]] = "reported"
+                await report(s, producer, partitions, outcomes, letters, self.done)
                 await consumer.commit()
         finally:
             await consumer.stop()
@@ -124,7 +111,9 @@ class EmailSender:
             if self.done.forgotten:
                 self.counts["forgotten"] = self.done.forgotten
 
-    async def _one(self, tp: TopicPartition, rec: Any, outcomes: list[Record], letters: list[tuple[int, Record]]) -> None:
+    async def _one(
+        self, tp: TopicPartition, rec: Any, outcomes: list[tuple[str, Record]], letters: list[tuple[int, Record]]
+    ) -> None:
         try:
             action = Action.model_validate_json(rec.value)
         except ValidationError as exc:
@@ -141,9 +130,7 @@ class EmailSender:
             return
         outcome, detail = previous or await self._deliver(action)
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        report = {"action_id": action.action_id, "customer": action.customer, "outcome": outcome,
-                  "occurred_at": _iso(time.time()), "rule": action.rule, "channel": "email", "detail": detail[:1000]}  # fmt: skip
-        outcomes.append(Record(action.customer.encode(), orjson.dumps(report)))
+        outcomes.append((action.action_id, outcome_record(action, outcome, detail, "email")))
 
     async def _deliver(self, action: Action) -> tuple[str, str]:
         if not action.address:
@@ -172,8 +159,3 @@ class EmailSender:
         with smtplib.SMTP(*self.smtp, timeout=10) as smtp:
             return smtp.send_message(message)  # type: ignore[return-value]
 
-
-def _iso(ts: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")

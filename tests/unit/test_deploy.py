@@ -56,8 +56,10 @@ def exposed_names() -> set[str]:
     """What the worker serves: on /metrics, and on /metrics/business with the token."""
     from pipeline.ops.metrics import Metrics
 
+    from pipeline.senders.webhook import WebhookMetrics
+
     metrics = Metrics()
-    return _names(metrics.registry) | _names(metrics.business)
+    return _names(metrics.registry) | _names(metrics.business) | _names(WebhookMetrics().registry)  # and the webhook sender's
 
 
 def test_prometheus_reads_business_metrics_with_the_token_and_open_ones_without() -> None:
