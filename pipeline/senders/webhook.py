@@ -19,6 +19,7 @@ goes to ``deadletter`` with the destination's answer, and a ``failed`` outcome i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -96,6 +97,10 @@ class WebhookConfig(BaseModel, extra="forbid"):
 
 class ConfigError(ValueError):
     pass
+
+
+class Stopped(Exception):
+    """Asked to stop while an action waited (backoff, open breaker): it is neither remembered nor reported."""
 
 
 def load_config(path: Path) -> WebhookConfig:
@@ -248,7 +253,13 @@ class DestinationLoop:
                 letters: list[tuple[int, Record]] = []
                 records = [(tp, rec) for tp, recs in batches.items() for rec in recs]
                 self.metrics.queue.labels(d.name).set(len(records))
-                await asyncio.gather(*(self._one(tp, rec, outcomes, letters) for tp, rec in records))
+                results = await asyncio.gather(*(self._one(tp, rec, outcomes, letters) for tp, rec in records),
+                                               return_exceptions=True)  # fmt: skip
+                errors = [r for r in results if isinstance(r, BaseException)]
+                if any(isinstance(e, Stopped) for e in errors):
+                    break  # nothing of this batch committed: what was delivered is remembered, the rest replayed
+                if errors:
+                    raise errors[0]
                 await report(s, producer, partitions, outcomes, letters, self.done)
                 await consumer.commit()
                 self.metrics.queue.labels(d.name).set(0)
@@ -298,9 +309,7 @@ class DestinationLoop:
         for attempt in range(1, d.attempts + 1):
             while (wait := self.breaker.wait_s()) > 0:  # open: wait for the trial, without spending attempts
                 m.breaker.labels(d.name).set(self.breaker.state)
-                if self.stopping.is_set():
-                    return "failed", f"stopped while the breaker was open; last answer: {answer}"
-                await asyncio.sleep(min(wait, 1.0))
+                await self._pause(min(wait, 1.0))
             m.breaker.labels(d.name).set(self.breaker.state)
             await self.rate.take()
             ts = int(time.time())
@@ -334,8 +343,17 @@ class DestinationLoop:
             if attempt == d.attempts:
                 break
             m.retries.labels(d.name).inc()
-            await asyncio.sleep(wait_s if wait_s is not None else backoff(attempt, d.backoff_s, d.backoff_max_s))
+            await self._pause(wait_s if wait_s is not None else backoff(attempt, d.backoff_s, d.backoff_max_s))
         return "failed", f"after {d.attempts} attempts: {answer}"
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless asked to stop: then :class:`Stopped`."""
+        if self.stopping.is_set():
+            raise Stopped
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=seconds)
+        if self.stopping.is_set():
+            raise Stopped
 
 
 class WebhookSender:

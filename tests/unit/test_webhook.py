@@ -123,3 +123,26 @@ def test_config_refuses_bad_fields_naming_them(tmp_path: Path, change: tuple[str
 def test_config_refuses_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="webhooks.yaml"):
         load_config(tmp_path / "webhooks.yaml")
+
+
+def test_an_action_waiting_when_the_sender_stops_is_neither_failed_nor_remembered(tmp_path: Path) -> None:
+    """Stopping during a backoff or an open breaker leaves the action to the replay, not to `failed`."""
+    import asyncio
+
+    from pipeline.senders.webhook import Destination, DestinationLoop, Stopped, WebhookMetrics
+    from pipeline.settings import Settings
+
+    async def scenario() -> None:
+        stopping = asyncio.Event()
+        dest = Destination(name="crm", url="http://127.0.0.1:1/x", topics=["actions.sms"], secret=SECRET)
+        loop = DestinationLoop(Settings(), dest, tmp_path, WebhookMetrics(), stopping, {})
+        try:
+            asyncio.get_running_loop().call_later(0.05, stopping.set)
+            started = time.monotonic()
+            with pytest.raises(Stopped):
+                await loop._pause(30)
+            assert time.monotonic() - started < 5
+        finally:
+            loop.done.close()
+
+    asyncio.run(scenario())
