@@ -65,6 +65,7 @@ async def test_a_sender_killed_mid_run_and_restarted_calls_each_action_once(sett
     assert {o["action_id"] for o in outcomes} == expected and all(o["outcome"] == "delivered" for o in outcomes)
     assert all(ok for *_, ok in receiver.calls)
     repeated = sorted({k for k in keys if keys.count(k) > 1})
+    print(f"killed after {at_kill} of {ACTIONS} requests; repeated after the restart: {repeated}")
     # Only a request in flight at the kill can come again: at most the destination's concurrency, all among the last
     # requests before it; everything the sender had an answer for is remembered and not sent again.
     assert len(repeated) <= CONCURRENCY, repeated
