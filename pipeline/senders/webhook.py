@@ -6,8 +6,8 @@ each destination has its own consumer group, loop, delivered-id memory, request 
 back only its own offsets, never another's deliveries. Per batch: deliver, record each
 result in the memory the moment it is known, report outcomes and dead letters
 (:mod:`pipeline.senders.outbox`), then commit. A replayed action whose id is remembered
-is not POSTed again; the ``Idempotency-Key`` header (the action id) covers the one
-window left, a crash between the destination's answer and that write.
+is not POSTed again; the ``Idempotency-Key`` header (the action id) covers what is left:
+the requests in flight at a crash (at most ``concurrency``), whose answers the sender never saw.
 
 Each request is signed (docs/webhooks.md): ``Omni-Signature: t=<unix seconds>,v1=<hex>``,
 the hex an HMAC-SHA256 with the destination's secret over ``f"{t}.{body}"``.
